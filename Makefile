@@ -1,0 +1,45 @@
+# ltseg — the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+CKPT   ?=
+
+.PHONY: install demo test test-slow bench-step bench-eval bench-losses calibrate clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: generate the built-in dataset, train the tiny model on CPU, evaluate, print the LVIS table
+demo: $(STAMP)
+	$(PY) -m ltseg.train
+
+## test: the fast suite (CI); slow checks are marked `slow`
+test: $(STAMP)
+	$(PYTEST) -m "not slow" -q
+
+## test-slow: real training runs and large benchmarks
+test-slow: $(STAMP)
+	$(PYTEST) -m slow -q
+
+bench-step: $(STAMP)
+	$(PY) scripts/bench_step.py
+
+bench-eval: $(STAMP)
+	$(PY) scripts/bench_eval.py
+
+bench-losses: $(STAMP)
+	$(PY) scripts/bench_losses.py
+
+calibrate: $(STAMP)
+	@test -n "$(CKPT)" || (echo "usage: make calibrate CKPT=path/to/checkpoint.pt" && exit 2)
+	$(PY) -m ltseg.calibrate checkpoint=$(CKPT) calibration=simcal
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache
