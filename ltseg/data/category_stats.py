@@ -27,7 +27,7 @@ def frequency_group(image_count: int) -> str:
     return "f"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CategoryStats:
     """Training statistics, one entry per contiguous class index.
 
@@ -62,6 +62,11 @@ class CategoryStats:
         if len(set(self.category_ids)) != c:
             raise ValueError("CategoryStats: duplicate category ids")
         self._index.update({cid: k for k, cid in enumerate(self.category_ids)})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CategoryStats) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable tensors inside: not hashable
 
     # ------------------------------------------------------------------ constructors
     @classmethod
