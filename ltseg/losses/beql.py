@@ -1,0 +1,49 @@
+"""Background Equalization Loss (BEQL; Hsieh et al., DropLoss paper, AAAI 2021 §3)."""
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ltseg.losses.base import LossContext, register_loss
+from ltseg.losses.common import SigmoidLoss, eql_weight, foreground, sigmoid_targets, weighted_bce
+
+
+@register_loss("beql")
+class BackgroundEQL(SigmoidLoss):
+    """EQL weights on foreground rows; background rows ``w_ij = 1 - T_j min(-log_b σ(z_ij), 1)``.
+
+    ``L = (1/R) Σ_ij w_ij bce(z_ij, y_ij)``. b → ∞ is EQL, b → 1⁺ drops every tail-class
+    background term.
+
+    Args:
+        log_base: b > 1 (paper best 4).
+        detach_weight: treat w as a constant (default); ``False`` back-propagates through it.
+        lambda_: tail threshold on the image frequency; ``None`` = r/c tags.
+        prior_prob: π of the bias init.
+    """
+
+    def __init__(
+        self,
+        log_base: float = 4.0,
+        detach_weight: bool = True,
+        lambda_: float | None = None,
+        prior_prob: float = 0.001,
+    ) -> None:
+        super().__init__(prior_prob)
+        if not log_base > 1.0:
+            raise ValueError(f"BackgroundEQL: log_base must be > 1, got {log_base}")
+        self.log_base = log_base
+        self.detach_weight = detach_weight
+        self.lambda_ = lambda_
+
+    def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
+        c = ctx.num_classes
+        y = sigmoid_targets(ctx.labels, c)
+        fg = foreground(ctx.labels, c)
+        tail = self.tail(ctx.stats, z.device, self.lambda_)
+        zw = z.detach() if self.detach_weight else z
+        bg_drop = tail[None, :] * (-F.logsigmoid(zw) / math.log(self.log_base)).clamp(max=1.0)
+        w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - bg_drop)
+        return weighted_bce(z, y, w)

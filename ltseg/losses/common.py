@@ -1,0 +1,128 @@
+"""Shared pieces of the loss library: the two head families, targets, tail sets, batch ratios.
+
+Every loss subclasses :class:`SoftmaxLoss` or :class:`SigmoidLoss` (or ``LossBase`` for its
+own layout) and implements ``compute(z, ctx)`` on validated float32 logits ``z``; ``forward``
+adds the checks (statistics present and from the training split, shape, finiteness) and
+turns autocast off so every loss runs in float32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ltseg.data.category_stats import CategoryStats
+from ltseg.losses.base import ClassificationLoss, LossContext, prior_bias
+
+
+def all_reduce_sum(t: Tensor, enabled: bool) -> Tensor:
+    """Sum ``t`` over DDP processes when ``enabled`` and torch.distributed is initialised."""
+    if enabled and torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
+class LossBase(ClassificationLoss):
+    """Validation, float32 and a per-device cache of class tensors derived from the stats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._class_cache: dict = {}
+
+    def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, logits: Tensor, ctx: LossContext) -> Tensor:
+        name = type(self).__name__
+        if getattr(ctx, "stats", None) is None:
+            raise ValueError(f"{name}: LossContext.stats is missing (training CategoryStats required)")
+        ctx.stats.require_train(name)
+        z = self.check_inputs(logits, ctx)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.compute(z, ctx)
+
+    def class_tensor(self, stats: CategoryStats, key: str, device: torch.device, fn) -> Tensor:
+        """``fn(stats)`` (a ``(C,)`` tensor) on ``device``, cached while ``stats`` is the same object."""
+        hit = self._class_cache.get((key, device))
+        if hit is not None and hit[0] is stats:
+            return hit[1]
+        value = fn(stats).to(device)
+        self._class_cache[(key, device)] = (stats, value)
+        return value
+
+    def tail(self, stats: CategoryStats, device: torch.device, lambda_: float | None = None) -> Tensor:
+        """Tail set ``(C,)`` float32: rare+common tags, or ``image_freq < lambda_`` when given."""
+        if lambda_ is None:
+            return self.class_tensor(stats, "tail", device, lambda s: s.tail.float())
+        return self.class_tensor(
+            stats, f"tail<{lambda_!r}", device, lambda s: (s.image_freq < lambda_).float()
+        )
+
+
+class SoftmaxLoss(LossBase):
+    """``(R, C+1)`` logits, background last; scores = softmax."""
+
+    def num_logits(self, num_classes: int) -> int:
+        return num_classes + 1
+
+    def scores(self, logits: Tensor) -> Tensor:
+        return F.softmax(logits.float(), dim=1)
+
+
+class SigmoidLoss(LossBase):
+    """``(R, C)`` logits (no background logit), prior-probability bias; scores = sigmoid + a 0 column.
+
+    Args:
+        prior_prob: π of the bias init ``-log((1-π)/π)`` (EQL/DropLoss: 0.001).
+    """
+
+    def __init__(self, prior_prob: float = 0.001) -> None:
+        super().__init__()
+        if not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"{type(self).__name__}: prior_prob must be in (0, 1), got {prior_prob}")
+        self.prior_prob = prior_prob
+
+    def num_logits(self, num_classes: int) -> int:
+        return num_classes
+
+    def init_bias(self) -> float:
+        return prior_bias(self.prior_prob)
+
+    def scores(self, logits: Tensor) -> Tensor:
+        probs = torch.sigmoid(logits.float())
+        return torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
+
+
+def sigmoid_targets(labels: Tensor, num_classes: int) -> Tensor:
+    """``(R, C)`` float one-hot of ``labels`` in ``0..C``; background rows are all zero."""
+    return F.one_hot(labels, num_classes + 1)[:, :num_classes].float()
+
+
+def foreground(labels: Tensor, num_classes: int) -> Tensor:
+    """``(R,)`` float: EQL's E(r), 1 for a foreground RoI."""
+    return (labels != num_classes).float()
+
+
+def weighted_bce(z: Tensor, y: Tensor, w: Tensor | float = 1.0) -> Tensor:
+    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` — the sigmoid family's reduction (sum over R·C, / R)."""
+    loss = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+    return (loss * w).sum() / max(z.shape[0], 1)
+
+
+def eql_weight(fg: Tensor, tail: Tensor, y: Tensor) -> Tensor:
+    """``1 - E_i T_j (1 - y_ij)`` ``(R, C)``."""
+    return 1.0 - fg[:, None] * tail[None, :] * (1.0 - y)
+
+
+def tail_ratio(labels: Tensor, tail: Tensor, all_reduce: bool = False) -> Tensor:
+    """DropLoss ρ: fraction of foreground RoIs whose label is tail (0-dim; NaN without fg RoIs).
+
+    Counted on device (no host sync); with ``all_reduce`` summed over DDP processes first.
+    """
+    c = tail.numel()
+    fg = labels != c
+    tail_ext = torch.cat([tail, tail.new_zeros(1)])
+    counts = torch.stack([fg.sum().float(), (tail_ext[labels] * fg).sum()])
+    counts = all_reduce_sum(counts, all_reduce)
+    return counts[1] / counts[0]

@@ -1,0 +1,57 @@
+"""DropLoss (Hsieh et al., AAAI 2021), as released in timy90022/DropLoss."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ltseg.losses.base import LossContext, register_loss
+from ltseg.losses.common import (
+    SigmoidLoss, eql_weight, foreground, sigmoid_targets, tail_ratio, weighted_bce,
+)
+
+VARIANTS = ("code", "paper")
+
+
+@register_loss("droploss")
+class DropLoss(SigmoidLoss):
+    """EQL weights on foreground rows; background terms kept at random by the batch ratio ρ.
+
+    ρ = fraction of this batch's foreground RoIs with a tail label. Background row, tail
+    class: kept iff ``noise <= ρ``. Frequent class: always kept (``variant="code"``, the
+    released code) or kept iff ``noise <= 1 - ρ`` (``variant="paper"``, Eq. 6-7). A batch
+    without foreground RoIs keeps every term (plain BCE, as the code's NaN ρ does).
+    ``L = (1/R) Σ_ij w_ij bce(z_ij, y_ij)``.
+
+    Args:
+        variant: ``code`` | ``paper``.
+        all_reduce: compute ρ over all DDP processes (the authors used per-process ρ).
+        lambda_: tail threshold on the image frequency; ``None`` = r/c tags.
+        prior_prob: π of the bias init.
+    """
+
+    def __init__(
+        self,
+        variant: str = "code",
+        all_reduce: bool = False,
+        lambda_: float | None = None,
+        prior_prob: float = 0.001,
+    ) -> None:
+        super().__init__(prior_prob)
+        if variant not in VARIANTS:
+            raise ValueError(f"DropLoss: variant must be one of {VARIANTS}, got '{variant}'")
+        self.variant = variant
+        self.all_reduce = all_reduce
+        self.lambda_ = lambda_
+
+    def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
+        c = ctx.num_classes
+        y = sigmoid_targets(ctx.labels, c)
+        fg = foreground(ctx.labels, c)
+        tail = self.tail(ctx.stats, z.device, self.lambda_)
+        rho = tail_ratio(ctx.labels, tail, self.all_reduce)
+        keep_tail = torch.nan_to_num(rho, nan=1.0)
+        keep_freq = torch.nan_to_num(1.0 - rho, nan=1.0) if self.variant == "paper" else 1.0
+        keep_prob = tail * keep_tail + (1.0 - tail) * keep_freq
+        dropped = (ctx.uniform_noise(z) > keep_prob[None, :]).float()
+        w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - dropped)
+        return weighted_bce(z, y, w)

@@ -1,0 +1,78 @@
+"""FBS-AEGL (Hao et al., CVM 2024): effective-number weights, confidence gating, background Bernoulli.
+
+No public implementation exists; this follows Eq. 4, 8, 9 and 10 literally (docs/losses.md).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ltseg.data.category_stats import CategoryStats
+from ltseg.losses.base import LossContext, register_loss
+from ltseg.losses.common import SigmoidLoss, foreground, sigmoid_targets, tail_ratio, weighted_bce
+
+FREQ_VARIANTS = ("eq10", "text")
+
+
+@register_loss("fbs_aegl")
+class FBSAEGL(SigmoidLoss):
+    """``L = (1/R) Σ_ij w_ij bce(z_ij, y_ij)`` with ``WF_j = (1-γ)/(1-γ^{n_j})`` (n = instances, >= 1).
+
+    Foreground RoI, label c: ``w_c = WF_c``, ``w_j = WF_j 1[σ(z_j) >= μ]`` (j ≠ c).
+    Background RoI: ``w_j = WF_j 1[σ(z_j) >= μ] wBer_j``; tail j: ``wBer_j = 1[noise_ij < σ_tail]``
+    with σ_tail the batch's tail fraction of foreground RoIs (DropLoss ρ); frequent j: 1 (Eq. 10,
+    ``freq_variant="eq10"``) or ``1[noise_ij < 1 - σ_tail]`` (``"text"``). No foreground RoI: wBer = 1.
+
+    Args:
+        gamma: γ in [0, 1) of the effective number (0.7).
+        mu: confidence threshold μ on the detached sigmoid (0.7).
+        freq_variant: ``eq10`` | ``text``.
+        use_wf: ``False`` sets WF ≡ 1 (the "w/o WF" ablation).
+        all_reduce: σ_tail over all DDP processes.
+        lambda_: tail threshold on the image frequency; ``None`` = r/c tags.
+        prior_prob: π of the bias init.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 0.7,
+        mu: float = 0.7,
+        freq_variant: str = "eq10",
+        use_wf: bool = True,
+        all_reduce: bool = False,
+        lambda_: float | None = None,
+        prior_prob: float = 0.001,
+    ) -> None:
+        super().__init__(prior_prob)
+        if not 0.0 <= gamma < 1.0:
+            raise ValueError(f"FBSAEGL: gamma must be in [0, 1), got {gamma}")
+        if freq_variant not in FREQ_VARIANTS:
+            raise ValueError(f"FBSAEGL: freq_variant must be one of {FREQ_VARIANTS}, got '{freq_variant}'")
+        self.gamma, self.mu = gamma, mu
+        self.freq_variant = freq_variant
+        self.use_wf = use_wf
+        self.all_reduce = all_reduce
+        self.lambda_ = lambda_
+
+    def effective_weight(self, stats: CategoryStats) -> Tensor:
+        """``WF (C,)`` float32 from the training instance counts."""
+        if not self.use_wf:
+            return torch.ones(stats.num_classes)
+        n = stats.instance_count.double().clamp(min=1.0)
+        return ((1.0 - self.gamma) / (1.0 - self.gamma ** n)).float()
+
+    def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
+        c = ctx.num_classes
+        y = sigmoid_targets(ctx.labels, c)
+        fg = foreground(ctx.labels, c)
+        tail = self.tail(ctx.stats, z.device, self.lambda_)
+        wf = self.class_tensor(ctx.stats, f"wf{self.gamma!r}{self.use_wf}", z.device, self.effective_weight)
+        confident = (torch.sigmoid(z.detach()) >= self.mu).float()
+        gate = torch.maximum(confident, y)
+        rho = tail_ratio(ctx.labels, tail, self.all_reduce)
+        sigma_tail = torch.nan_to_num(rho, nan=2.0)
+        sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.freq_variant == "text" else 2.0
+        keep_prob = tail * sigma_tail + (1.0 - tail) * sigma_freq
+        bernoulli = (ctx.uniform_noise(z) < keep_prob[None, :]).float()
+        w = wf[None, :] * gate * (fg[:, None] + (1.0 - fg)[:, None] * bernoulli)
+        return weighted_bce(z, y, w)

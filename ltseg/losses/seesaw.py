@@ -1,0 +1,96 @@
+"""Seesaw loss (Wang et al., LVIS 2020 report / CVPR 2021), as released in mmdetection."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ltseg.losses.base import LossContext, register_loss
+from ltseg.losses.common import LossBase, all_reduce_sum
+from ltseg.losses.normed_linear import NormedLinear
+
+
+@register_loss("seesaw")
+class SeesawLoss(LossBase):
+    """Seesaw class term on foreground RoIs + 2-way objectness CE on all RoIs, both / R.
+
+    Logits ``(R, C+2)``: C class logits, then ``[object, background]``. For a foreground RoI
+    with label i the other class logits get ``z_j + log M_ij + log C_ij`` with mitigation
+    ``M_ij = min(N_j/N_i, 1)^p`` (N = cumulative RoI counts, updated with this batch before
+    use, clamped to >= 1) and compensation ``C_ij = max(σ_j / max(σ_i, eps), 1)^q``
+    (σ = softmax of the detached class logits). ``q = 0`` is the tech report (mitigation only).
+    Scores: ``softmax(z_cls)_j · P(object)``, background column ``P(background)``.
+
+    Args:
+        p: mitigation exponent (0.8).
+        q: compensation exponent (2.0; 0 = tech report).
+        eps: floor of σ_i in the compensation ratio (0.01).
+        temperature: τ of the normalised linear classifier (20).
+        all_reduce: sum the batch counts over DDP processes (the release keeps them per GPU).
+
+    Buffer ``cum_samples (C+1,)`` float64 (last slot = background), sized on first use and
+    loadable from a state dict of any size.
+    """
+
+    def __init__(self, p: float = 0.8, q: float = 2.0, eps: float = 0.01,
+                 temperature: float = 20.0, all_reduce: bool = False) -> None:
+        super().__init__()
+        if p < 0 or q < 0 or eps <= 0:
+            raise ValueError(f"SeesawLoss: need p >= 0, q >= 0, eps > 0; got p={p}, q={q}, eps={eps}")
+        self.p, self.q, self.eps = p, q, eps
+        self.temperature = temperature
+        self.all_reduce = all_reduce
+        self.register_buffer("cum_samples", torch.zeros(0, dtype=torch.float64))
+
+    def num_logits(self, num_classes: int) -> int:
+        return num_classes + 2
+
+    def make_predictor(self, in_features: int, num_classes: int) -> nn.Module:
+        return NormedLinear(in_features, self.num_logits(num_classes), temperature=self.temperature)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "cum_samples")
+        if saved is not None and saved.shape != self.cum_samples.shape:
+            self.cum_samples = torch.zeros(saved.shape, dtype=torch.float64, device=self.cum_samples.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def update_counts(self, labels: Tensor, num_classes: int) -> Tensor:
+        """Add this batch's label counts to ``cum_samples`` (in place) and return it."""
+        if self.cum_samples.numel() == 0:
+            self.cum_samples = torch.zeros(num_classes + 1, dtype=torch.float64, device=labels.device)
+        if self.cum_samples.numel() != num_classes + 1:
+            raise ValueError(
+                f"SeesawLoss: cum_samples has {self.cum_samples.numel()} entries but the data has "
+                f"{num_classes} classes (+1 background); the checkpoint belongs to another dataset"
+            )
+        batch = torch.bincount(labels, minlength=num_classes + 1).to(self.cum_samples)
+        self.cum_samples += all_reduce_sum(batch, self.all_reduce)
+        return self.cum_samples
+
+    def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
+        c = ctx.num_classes
+        labels = ctx.labels
+        counts = self.update_counts(labels, c)
+        r = max(z.shape[0], 1)
+        z_cls, z_obj = z[:, :c], z[:, c:]
+        fg = labels != c
+        cls_labels = labels.clamp(max=c - 1)[:, None]
+        log_s = z_cls.new_zeros(())
+        if self.p > 0:
+            log_n = counts[:c].clamp(min=1.0).log()
+            log_s = self.p * (log_n[None, :] - log_n[cls_labels]).clamp(max=0.0).float()
+        if self.q > 0:
+            log_sigma = F.log_softmax(z_cls.detach(), dim=1)
+            log_self = log_sigma.gather(1, cls_labels).clamp(min=math.log(self.eps))
+            log_s = log_s + self.q * (log_sigma - log_self).clamp(min=0.0)
+        adjusted = z_cls + log_s
+        loss_cls = F.cross_entropy(adjusted, cls_labels.squeeze(1), reduction="none")
+        loss_obj = F.cross_entropy(z_obj, (~fg).long(), reduction="none")
+        return (loss_cls * fg).sum() / r + loss_obj.sum() / r
+
+    def scores(self, logits: Tensor) -> Tensor:
+        c = logits.shape[1] - 2
+        obj = F.softmax(logits[:, c:].float(), dim=1)
+        return torch.cat([F.softmax(logits[:, :c].float(), dim=1) * obj[:, :1], obj[:, 1:]], dim=1)
