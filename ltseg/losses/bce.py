@@ -12,4 +12,4 @@ class SigmoidBCE(SigmoidLoss):
     """``L = (1/R) Σ_ij bce(z_ij, y_ij)`` on ``(R, C)`` logits; background rows have y = 0."""
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
-        return weighted_bce(z, sigmoid_targets(ctx.labels, ctx.num_classes))
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z))

@@ -40,9 +40,9 @@ class BackgroundEQL(SigmoidLoss):
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, c)
-        fg = foreground(ctx.labels, c)
-        tail = self.tail(ctx.stats, z.device, self.lambda_)
+        y = sigmoid_targets(ctx.labels, z)
+        fg = foreground(ctx.labels, z)
+        tail = self.tail(ctx.stats, z, self.lambda_)
         zw = z.detach() if self.detach_weight else z
         bg_drop = tail[None, :] * (-F.logsigmoid(zw) / math.log(self.log_base)).clamp(max=1.0)
         w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - bg_drop)

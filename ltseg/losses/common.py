@@ -39,25 +39,29 @@ class LossBase(ClassificationLoss):
             raise ValueError(f"{name}: LossContext.stats is missing (training CategoryStats required)")
         ctx.stats.require_train(name)
         z = self.check_inputs(logits, ctx)
+        if logits.dtype == torch.float64:  # reference tests and gradcheck stay in float64
+            z = logits
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.compute(z, ctx)
 
-    def class_tensor(self, stats: CategoryStats, key: str, device: torch.device, fn) -> Tensor:
-        """``fn(stats)`` (a ``(C,)`` tensor) on ``device``, cached while ``stats`` is the same object."""
-        hit = self._class_cache.get((key, device))
+    def class_tensor(self, stats: CategoryStats, key: str, like: Tensor, fn) -> Tensor:
+        """``fn(stats)`` (a float64 ``(C,)`` tensor) with ``like``'s dtype and device.
+
+        Cached while ``stats`` is the same object, so a training step copies nothing to the device.
+        """
+        slot = (key, like.device, like.dtype)
+        hit = self._class_cache.get(slot)
         if hit is not None and hit[0] is stats:
             return hit[1]
-        value = fn(stats).to(device)
-        self._class_cache[(key, device)] = (stats, value)
+        value = fn(stats).to(device=like.device, dtype=like.dtype)
+        self._class_cache[slot] = (stats, value)
         return value
 
-    def tail(self, stats: CategoryStats, device: torch.device, lambda_: float | None = None) -> Tensor:
-        """Tail set ``(C,)`` float32: rare+common tags, or ``image_freq < lambda_`` when given."""
+    def tail(self, stats: CategoryStats, like: Tensor, lambda_: float | None = None) -> Tensor:
+        """Tail set ``(C,)`` as 0/1 floats: rare+common tags, or ``image_freq < lambda_`` when given."""
         if lambda_ is None:
-            return self.class_tensor(stats, "tail", device, lambda s: s.tail.float())
-        return self.class_tensor(
-            stats, f"tail<{lambda_!r}", device, lambda s: (s.image_freq < lambda_).float()
-        )
+            return self.class_tensor(stats, "tail", like, lambda s: s.tail.double())
+        return self.class_tensor(stats, f"tail<{lambda_!r}", like, lambda s: (s.image_freq < lambda_).double())
 
 
 class SoftmaxLoss(LossBase):
@@ -94,14 +98,15 @@ class SigmoidLoss(LossBase):
         return torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
 
 
-def sigmoid_targets(labels: Tensor, num_classes: int) -> Tensor:
-    """``(R, C)`` float one-hot of ``labels`` in ``0..C``; background rows are all zero."""
-    return F.one_hot(labels, num_classes + 1)[:, :num_classes].float()
+def sigmoid_targets(labels: Tensor, like: Tensor) -> Tensor:
+    """``(R, C)`` one-hot of ``labels`` in ``0..C`` (dtype of ``like (R, C)``); background rows are 0."""
+    c = like.shape[1]
+    return F.one_hot(labels, c + 1)[:, :c].to(like.dtype)
 
 
-def foreground(labels: Tensor, num_classes: int) -> Tensor:
-    """``(R,)`` float: EQL's E(r), 1 for a foreground RoI."""
-    return (labels != num_classes).float()
+def foreground(labels: Tensor, like: Tensor) -> Tensor:
+    """``(R,)`` 0/1 in ``like``'s dtype: EQL's E(r), 1 for a foreground RoI (``like (R, C)``)."""
+    return (labels != like.shape[1]).to(like.dtype)
 
 
 def weighted_bce(z: Tensor, y: Tensor, w: Tensor | float = 1.0) -> Tensor:
@@ -123,6 +128,6 @@ def tail_ratio(labels: Tensor, tail: Tensor, all_reduce: bool = False) -> Tensor
     c = tail.numel()
     fg = labels != c
     tail_ext = torch.cat([tail, tail.new_zeros(1)])
-    counts = torch.stack([fg.sum().float(), (tail_ext[labels] * fg).sum()])
+    counts = torch.stack([fg.sum().to(tail.dtype), (tail_ext[labels] * fg).sum()])
     counts = all_reduce_sum(counts, all_reduce)
     return counts[1] / counts[0]

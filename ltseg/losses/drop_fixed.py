@@ -28,9 +28,9 @@ class FixedDropLoss(SigmoidLoss):
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, c)
-        fg = foreground(ctx.labels, c)
-        tail = self.tail(ctx.stats, z.device, self.lambda_)
-        dropped = (ctx.uniform_noise(z) > 1.0 - self.drop_ratio).float() * tail[None, :]
+        y = sigmoid_targets(ctx.labels, z)
+        fg = foreground(ctx.labels, z)
+        tail = self.tail(ctx.stats, z, self.lambda_)
+        dropped = (ctx.uniform_noise(z) > 1.0 - self.drop_ratio).to(z.dtype) * tail[None, :]
         w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - dropped)
         return weighted_bce(z, y, w)

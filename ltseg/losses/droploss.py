@@ -45,13 +45,13 @@ class DropLoss(SigmoidLoss):
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, c)
-        fg = foreground(ctx.labels, c)
-        tail = self.tail(ctx.stats, z.device, self.lambda_)
+        y = sigmoid_targets(ctx.labels, z)
+        fg = foreground(ctx.labels, z)
+        tail = self.tail(ctx.stats, z, self.lambda_)
         rho = tail_ratio(ctx.labels, tail, self.all_reduce)
         keep_tail = torch.nan_to_num(rho, nan=1.0)
         keep_freq = torch.nan_to_num(1.0 - rho, nan=1.0) if self.variant == "paper" else 1.0
         keep_prob = tail * keep_tail + (1.0 - tail) * keep_freq
-        dropped = (ctx.uniform_noise(z) > keep_prob[None, :]).float()
+        dropped = (ctx.uniform_noise(z) > keep_prob[None, :]).to(z.dtype)
         w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - dropped)
         return weighted_bce(z, y, w)

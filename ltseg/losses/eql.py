@@ -51,22 +51,22 @@ class EqualizationLoss(SigmoidLoss):
         self.exclude_background = exclude_background
 
     def t_function(self, stats: CategoryStats) -> Tensor:
-        """``T_j`` float32 ``(C,)`` from the training statistics."""
+        """``T_j`` float64 ``(C,)`` from the training statistics."""
         if self.threshold == "step":
-            return stats.tail.float() if self.lambda_ is None else (stats.image_freq < self.lambda_).float()
+            return stats.tail.double() if self.lambda_ is None else (stats.image_freq < self.lambda_).double()
         f = stats.image_freq
         if self.threshold == "exponential":
-            return (1.0 - (self.exp_a * f) ** self.exp_n).clamp(0.0, 1.0).float()
+            return (1.0 - (self.exp_a * f) ** self.exp_n).clamp(0.0, 1.0)
         a, b, c = self.gompertz
-        return (1.0 - a * torch.exp(-b * torch.exp(-c * f))).float()
+        return 1.0 - a * torch.exp(-b * torch.exp(-c * f))
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, c)
-        t = self.class_tensor(ctx.stats, "T", z.device, self.t_function)
+        y = sigmoid_targets(ctx.labels, z)
+        t = self.class_tensor(ctx.stats, "T", z, self.t_function)
         drop = t[None, :] * (1.0 - y)
         if self.exclude_background:
-            drop = drop * foreground(ctx.labels, c)[:, None]
+            drop = drop * foreground(ctx.labels, z)[:, None]
         if self.image_level_rule:
             if ctx.image_pos is None or ctx.image_neg is None:
                 raise ValueError("EqualizationLoss: image_level_rule needs LossContext.image_pos and image_neg")

@@ -55,24 +55,24 @@ class FBSAEGL(SigmoidLoss):
         self.lambda_ = lambda_
 
     def effective_weight(self, stats: CategoryStats) -> Tensor:
-        """``WF (C,)`` float32 from the training instance counts."""
+        """``WF (C,)`` float64 from the training instance counts."""
         if not self.use_wf:
-            return torch.ones(stats.num_classes)
+            return torch.ones(stats.num_classes, dtype=torch.float64)
         n = stats.instance_count.double().clamp(min=1.0)
-        return ((1.0 - self.gamma) / (1.0 - self.gamma ** n)).float()
+        return (1.0 - self.gamma) / (1.0 - self.gamma ** n)
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, c)
-        fg = foreground(ctx.labels, c)
-        tail = self.tail(ctx.stats, z.device, self.lambda_)
-        wf = self.class_tensor(ctx.stats, f"wf{self.gamma!r}{self.use_wf}", z.device, self.effective_weight)
-        confident = (torch.sigmoid(z.detach()) >= self.mu).float()
+        y = sigmoid_targets(ctx.labels, z)
+        fg = foreground(ctx.labels, z)
+        tail = self.tail(ctx.stats, z, self.lambda_)
+        wf = self.class_tensor(ctx.stats, f"wf{self.gamma!r}{self.use_wf}", z, self.effective_weight)
+        confident = (torch.sigmoid(z.detach()) >= self.mu).to(z.dtype)
         gate = torch.maximum(confident, y)
         rho = tail_ratio(ctx.labels, tail, self.all_reduce)
         sigma_tail = torch.nan_to_num(rho, nan=2.0)
         sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.freq_variant == "text" else 2.0
         keep_prob = tail * sigma_tail + (1.0 - tail) * sigma_freq
-        bernoulli = (ctx.uniform_noise(z) < keep_prob[None, :]).float()
+        bernoulli = (ctx.uniform_noise(z) < keep_prob[None, :]).to(z.dtype)
         w = wf[None, :] * gate * (fg[:, None] + (1.0 - fg)[:, None] * bernoulli)
         return weighted_bce(z, y, w)

@@ -36,13 +36,14 @@ class FederatedLoss(LossBase):
         return torch.sigmoid(logits.float())
 
     def class_weights(self, stats: CategoryStats) -> Tensor:
-        return stats.image_count.float() ** self.freq_weight_power
+        """``image_count^power`` in float32 as detectron2 computes it (the draw depends on it)."""
+        return (stats.image_count.float() ** self.freq_weight_power).double()
 
     def sample_classes(self, labels: Tensor, stats: CategoryStats, generator=None) -> Tensor:
         """``(C,)`` bool mask of F for this batch (no host sync)."""
         c = stats.num_classes
         present = torch.bincount(labels, minlength=c + 1) > 0
-        weight = self.class_tensor(stats, "w", labels.device, self.class_weights)
+        weight = self.class_tensor(stats, "w", torch.empty(0, device=labels.device), self.class_weights)
         prob = torch.cat([weight, weight.new_zeros(1)]).masked_fill(present, 0.0)
         gen_device = generator.device if generator is not None else prob.device
         noise = torch.empty(c + 1, device=gen_device).exponential_(1.0, generator=generator)
@@ -55,4 +56,4 @@ class FederatedLoss(LossBase):
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
         chosen = self.sample_classes(ctx.labels, ctx.stats, ctx.generator)
-        return weighted_bce(z[:, :c], sigmoid_targets(ctx.labels, c), chosen[None, :].float())
+        return weighted_bce(z[:, :c], sigmoid_targets(ctx.labels, z[:, :c]), chosen[None, :].to(z.dtype))

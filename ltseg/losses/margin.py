@@ -27,15 +27,15 @@ class ClassMarginCE(SoftmaxLoss):
         self.max_margin, self.scale = max_margin, scale
 
     def margins(self, stats: CategoryStats) -> Tensor:
-        """``(C+1,)`` float32 Δ, background 0."""
+        """``(C+1,)`` float64 Δ, background 0."""
         inv = stats.instance_count.double().clamp(min=1.0) ** -0.25
         delta = inv * (self.max_margin / inv.max())
-        return torch.cat([delta, delta.new_zeros(1)]).float()
+        return torch.cat([delta, delta.new_zeros(1)])
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         if z.shape[0] == 0:
             return z.sum() * 0.0
-        delta = self.class_tensor(ctx.stats, "delta", z.device, self.margins)[ctx.labels]
+        delta = self.class_tensor(ctx.stats, "delta", z, self.margins)[ctx.labels]
         shifted = z.scatter_add(1, ctx.labels[:, None], -delta[:, None])
         return F.cross_entropy(self.scale * shifted, ctx.labels)
 

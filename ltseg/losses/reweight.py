@@ -36,13 +36,13 @@ class InverseFrequencyCE(SoftmaxLoss):
         self.normalize = normalize
 
     def class_weights(self, stats: CategoryStats) -> Tensor:
-        """``(C+1,)`` float32, background last."""
+        """``(C+1,)`` float64, background last."""
         w = (self.n_ref / stats.instance_count.double()).clamp(self.w_min, self.w_max)
-        return torch.cat([w, w.new_tensor([self.bg_weight])]).float()
+        return torch.cat([w, w.new_tensor([self.bg_weight])])
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         if z.shape[0] == 0:
             return z.sum() * 0.0
-        w = self.class_tensor(ctx.stats, "w", z.device, self.class_weights)[ctx.labels]
+        w = self.class_tensor(ctx.stats, "w", z, self.class_weights)[ctx.labels]
         total = (w * F.cross_entropy(z, ctx.labels, reduction="none")).sum()
         return total / (w.sum() if self.normalize == "weights" else z.shape[0])

@@ -80,7 +80,7 @@ class SeesawLoss(LossBase):
         log_s = z_cls.new_zeros(())
         if self.p > 0:
             log_n = counts[:c].clamp(min=1.0).log()
-            log_s = self.p * (log_n[None, :] - log_n[cls_labels]).clamp(max=0.0).float()
+            log_s = (self.p * (log_n[None, :] - log_n[cls_labels]).clamp(max=0.0)).to(z.dtype)
         if self.q > 0:
             log_sigma = F.log_softmax(z_cls.detach(), dim=1)
             log_self = log_sigma.gather(1, cls_labels).clamp(min=math.log(self.eps))

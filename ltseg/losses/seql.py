@@ -32,7 +32,7 @@ class SoftmaxEQL(SoftmaxLoss):
         c = ctx.num_classes
         if z.shape[0] == 0:
             return z.sum() * 0.0
-        tail = self.tail(ctx.stats, z.device, self.lambda_) > 0
+        tail = self.tail(ctx.stats, z, self.lambda_) > 0
         drop = tail[None, :] & (ctx.uniform_noise(z) <= self.gamma)
         drop = torch.cat([drop, drop.new_zeros(z.shape[0], 1)], dim=1)
         drop.scatter_(1, ctx.labels[:, None], False)
