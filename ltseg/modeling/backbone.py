@@ -1,0 +1,83 @@
+"""ResNet backbone from torchvision blocks: C2..C5 feature maps (strides 4, 8, 16, 32)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.ops import FrozenBatchNorm2d
+
+DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def norm_layer(kind: str, num_groups: int = 32):
+    """``"FrozenBN"`` (pretrained weights), ``"BN"`` or ``"GN"`` (training from scratch)."""
+    if kind == "FrozenBN":
+        return FrozenBatchNorm2d
+    if kind == "BN":
+        return nn.BatchNorm2d
+    if kind == "GN":
+        return lambda channels: nn.GroupNorm(min(num_groups, channels), channels)
+    raise ValueError(f"model.backbone.norm: unknown norm '{kind}' (FrozenBN | BN | GN)")
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet without its classifier; ``forward`` returns ``[C2, C3, C4, C5]``.
+
+    ``freeze_at``: 0 trains everything, 1 freezes the stem, ``k >= 2`` also freezes
+    ``layer1..layer{k-1}`` (detectron2's convention; torchvision's ``trainable_layers=3`` is 2).
+    """
+
+    def __init__(self, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 0, weights: str | None = None,
+                 num_groups: int = 32):
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(f"model.backbone.depth: {depth} not in {sorted(DEPTHS)}")
+        body = DEPTHS[depth](weights=None, norm_layer=norm_layer(norm, num_groups))
+        del body.fc, body.avgpool
+        self.body = body
+        if weights is not None:
+            self.load_weights(weights)
+        block = body.layer1[0]
+        expansion = 4 if isinstance(block, resnet.Bottleneck) else 1
+        self.out_channels = [64 * expansion * 2 ** i for i in range(4)]
+        self.strides = [4, 8, 16, 32]
+        self.freeze(freeze_at)
+
+    def load_weights(self, path: str) -> None:
+        """Load a torchvision-format ResNet state dict (``fc.*`` ignored) from a local file."""
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"model.backbone.weights: no file at '{path}' (set model.backbone.weights to a local "
+                f"torchvision ResNet state dict, or null to train from scratch; nothing is downloaded)"
+            )
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = self.body.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise KeyError(
+                f"model.backbone.weights '{path}': not a torchvision ResNet state dict for this depth "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+
+    def freeze(self, freeze_at: int) -> None:
+        frozen = ([self.body.conv1, self.body.bn1] if freeze_at >= 1 else []) + [
+            getattr(self.body, name) for name in STAGES[: max(freeze_at - 1, 0)]
+        ]
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        out = []
+        for name in STAGES:
+            x = getattr(b, name)(x)
+            out.append(x)
+        return out
