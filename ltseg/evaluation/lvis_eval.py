@@ -1,0 +1,228 @@
+"""Native LVIS evaluation (bbox, segm): the official lvis-api numbers, vectorised.
+
+Pipeline (each step as lvis-api does it, see docs/evaluation.md):
+per-image top-``max_dets`` cap -> known category and ``area > 0`` -> federated filter ->
+IoU per (image, category) group -> greedy matching -> accumulation -> summaries.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+from .accumulate import accumulate, per_category, summarize
+from .bins import bin_ap, bin_edges, train_counts
+from .gt import GroundTruth
+from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_pairs
+from .parallel import default_workers
+from .params import AREA_RNG, MAX_DETS
+from .results import Detections, load_results
+
+IOU_TYPES = ("bbox", "segm")
+
+
+@dataclass
+class Metrics:
+    """Evaluation of one IoU type.
+
+    ``summary``: the LVIS keys plus ``AP1..AP4`` (0-1 scale, -1 where undefined).
+    ``per_category``: ``(K,)`` arrays ``id, name, frequency, train_image_count,
+    train_instance_count, AP, AP50, AP75, AR``. ``precision (T, R, K, A)``, ``recall (T, K, A)``.
+    """
+
+    iou_type: str
+    summary: dict
+    per_category: dict
+    precision: np.ndarray = field(repr=False)
+    recall: np.ndarray = field(repr=False)
+    bin_edges: np.ndarray = field(repr=False)
+
+    def __getitem__(self, key: str) -> float:
+        return self.summary[key]
+
+
+def _cap(img: np.ndarray, score: np.ndarray, max_dets: int) -> np.ndarray:
+    """Indices kept by lvis-api's ``limit_dets_per_image``: top ``max_dets`` per image by a
+    stable score sort, applied only to images with more than ``max_dets`` detections."""
+    n = len(img)
+    if max_dets < 0 or n == 0:
+        return np.arange(n)
+    idx = np.arange(n)
+    order = np.lexsort((idx, -score, img))
+    img_s = img[order]
+    first = np.searchsorted(img_s, img_s)
+    rank = idx - first
+    count = np.bincount(img, minlength=img.max() + 1)[img_s]
+    return np.sort(order[(rank < max_dets) | (count <= max_dets)])
+
+
+def _first_kept(img: np.ndarray, score: np.ndarray, max_dets: int) -> int:
+    """Index of lvis-api's first result after the cap (it picks the bbox/segm branch from it)."""
+    members = np.flatnonzero(img == img[0])
+    if 0 <= max_dets < len(members):
+        return int(members[np.lexsort((members, -score[members]))[0]])
+    return 0
+
+
+def _require(det: Detections, mask: np.ndarray, what: str) -> None:
+    bad = np.flatnonzero(mask)
+    if len(bad):
+        j = int(bad[0])
+        raise ValueError(f"{det.name(j)} (image_id={det.image_id[j]}, category_id={det.category_id[j]}): "
+                         f"{what}" + (f" [{len(bad)} such detections]" if len(bad) > 1 else ""))
+
+
+def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
+                    workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them.
+
+    For ``segm`` the detection area is the mask area (detectron2 drops ``bbox`` before segm
+    evaluation); for ``bbox`` it is ``w * h``, or the mask area when the (capped) first result
+    has no ``bbox``, as lvis-api decides its branch from the first result.
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
+    num_k = gt.num_categories
+    d_img = gt.image_index(det.image_id)
+    d_cat = gt.cat_index(det.category_id)
+    keep = _cap(d_img, det.score, max_dets)
+
+    if iou_type == "segm":
+        _require(det, ~det.has_segm, "missing 'segmentation' (required for segm evaluation)")
+        area = det.seg_area
+    elif len(keep) and det.has_bbox[_first_kept(d_img, det.score, max_dets)]:
+        missing = np.zeros(len(det), bool)
+        missing[keep] = ~det.has_bbox[keep]
+        _require(det, missing, "missing 'bbox' (the first result has one, so lvis-api requires it on all)")
+        area = det.bbox[:, 2] * det.bbox[:, 3]
+    else:
+        _require(det, ~det.has_segm & ~det.has_bbox, "has neither 'bbox' nor 'segmentation'")
+        _require(det, ~det.has_segm, "missing 'segmentation' (the first result has no 'bbox')")
+        area = det.seg_area
+        missing = np.flatnonzero(~det.has_bbox)
+        if len(missing):
+            det.bbox[missing] = mask_utils.toBbox([det.rle(int(n)) for n in missing])
+            det.has_bbox[missing] = True
+
+    # known category, 0 < area < inf, then the federated rule: c in pos(I) or neg(I)
+    keep = keep[(d_cat[keep] >= 0) & (area[keep] > 0) & (area[keep] < np.inf)]
+    gt_key = gt.ann_img * num_k + gt.ann_cat
+    pos_keys = np.unique(gt_key)
+    key = d_img[keep] * num_k + d_cat[keep]
+    keep = keep[np.isin(key, pos_keys, assume_unique=False) | np.isin(key, gt.neg_keys)]
+
+    img, cat, score = d_img[keep], d_cat[keep], det.score[keep]
+    key = img * num_k + cat
+    d_area = area[keep]
+    order = np.lexsort((keep, -score, key))          # groups, then (score desc, input order)
+    keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
+    n = len(keep)
+
+    g_order = np.argsort(gt_key, kind="stable")      # groups, JSON order inside
+    g_key = gt_key[g_order]
+    g_area = gt.ann_area[g_order]
+    lo, hi = AREA_RNG[:, 0], AREA_RNG[:, 1]
+    g_ignore = gt.ann_ignore[g_order][:, None] | (g_area[:, None] < lo) | (g_area[:, None] > hi)  # (M, A)
+
+    # matching groups: (image, category) with both detections and GT
+    groups = np.unique(key)
+    groups = groups[np.isin(groups, g_key)]
+    g_start = np.searchsorted(g_key, groups)
+    g_num = np.searchsorted(g_key, groups, side="right") - g_start
+    d_group = np.searchsorted(groups, key).clip(0, max(len(groups) - 1, 0))
+    in_match = (groups[d_group] == key) if len(groups) else np.zeros(n, bool)
+    rows = np.flatnonzero(in_match)                  # det rows taking part in matching
+    r_group = d_group[rows]
+    r_rank = rows - np.searchsorted(key, key[rows])
+    ng = g_num[r_group]
+    pair_start = np.concatenate([[0], np.cumsum(ng)[:-1]]).astype(np.int64)
+    p_det = np.repeat(np.arange(len(rows)), ng)
+    p_gt = np.repeat(g_start[r_group] - pair_start, ng) + np.arange(int(ng.sum()))
+
+    if iou_type == "bbox":
+        iou = box_iou_pairs(det.bbox[keep[rows]][p_det], gt.ann_bbox[g_order][p_gt])
+    else:
+        m_gt = np.unique(p_gt)                        # GT rows that meet a detection
+        g_img = gt.ann_img[g_order]
+        hw = gt.image_hw
+        segm = gt.ann_segm
+
+        def dt_rles(a, b, _rows=keep[rows]):
+            return [det.rle(int(j)) for j in _rows[a:b]]
+
+        def gt_rles(a, b):
+            out = []
+            for j in m_gt[a:b]:
+                i = g_img[j]
+                out.append(gt_to_rle(segm[g_order[j]], int(hw[i, 0]), int(hw[i, 1])))
+            return out
+
+        local_gt = np.searchsorted(m_gt, p_gt)
+        iou = mask_iou_pairs(p_det, local_gt, img[rows], g_img[m_gt], dt_rles, gt_rles, workers)
+
+    match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
+    num_a, num_t = match.shape[1], match.shape[2]
+    m_full = np.full((n, num_a, num_t), -1, np.int64)
+    m_full[rows] = match
+    matched = m_full >= 0
+    safe = np.maximum(m_full, 0)
+    dt_m = matched & (gt.ann_id[g_order][safe] != 0)             # lvis-api: match id 0 = unmatched
+    ig_from_gt = matched & g_ignore[safe, np.arange(num_a)[None, :, None]]  # matched GT's flag
+    nel = np.isin(key, gt.nel_keys)
+    out_rng = (d_area[:, None] < lo) | (d_area[:, None] > hi)                # (N, A)
+    dt_ig = ig_from_gt | (~dt_m & (out_rng | nel[:, None])[:, :, None])
+    tp = dt_m & ~dt_ig
+    fp = ~dt_m & ~dt_ig
+
+    num_gt = np.zeros((num_k, num_a), np.int64)
+    for a in range(num_a):
+        num_gt[:, a] = np.bincount(gt.ann_cat[g_order][~g_ignore[:, a]], minlength=num_k)
+    return accumulate(cat, score, img, keep, tp, fp, num_gt)
+
+
+class LVISEvaluator:
+    """Evaluate LVIS results against one ground truth for one IoU type.
+
+    Args:
+        gt: GT JSON path, dict or a loaded :class:`GroundTruth`.
+        iou_type: ``"bbox"`` or ``"segm"``.
+        max_dets: per-image cap across categories (LVIS: 300).
+        bins: ``"lvis"`` ([0,10,100,1000,inf)), ``"coco_lt"`` ([0,20,400,8000,inf)) or edges.
+        train_stats: training category counts for the bins (JSON path, dict or CategoryStats).
+        workers: processes for parsing and mask IoU (default: usable cores, max 8).
+    """
+
+    def __init__(self, gt, iou_type: str, max_dets: int = MAX_DETS, bins="lvis", train_stats=None,
+                 workers: int | None = None):
+        if iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
+        self.gt = GroundTruth.load(gt)
+        self.iou_type, self.max_dets = iou_type, max_dets
+        self.edges = bin_edges(bins)
+        self.workers = default_workers() if workers is None else workers
+        self.train_image_count, self.train_instance_count, self.train_source = \
+            train_counts(train_stats, self.gt)
+
+    def load(self, results) -> Detections:
+        """Parse results (path | shard paths | list of dicts) for this evaluator's IoU type."""
+        det = load_results(results, self.gt, segm=self.iou_type == "segm", workers=self.workers)
+        if self.iou_type == "bbox" and len(det) and not det.has_bbox.all():
+            det = load_results(results, self.gt, segm=True, workers=self.workers)
+        return det
+
+    def evaluate(self, results) -> Metrics:
+        """Results (path | shard paths | list of dicts | :class:`Detections`) -> :class:`Metrics`."""
+        det = results if isinstance(results, Detections) else self.load(results)
+        if len(det) == 0:
+            warnings.warn("results are empty: every metric is 0 (or -1 where the official API gives -1)",
+                          stacklevel=2)
+        precision, recall = evaluate_arrays(self.gt, det, self.iou_type, self.max_dets, self.workers)
+        summary = summarize(precision, recall, self.gt.cat_freq, self.max_dets)
+        rows = per_category(precision, recall)
+        summary.update(bin_ap(rows["AP"], self.train_instance_count, self.edges))
+        table = {"id": self.gt.cat_ids, "name": np.array(self.gt.cat_names, dtype=object),
+                 "frequency": self.gt.cat_freq, "train_image_count": self.train_image_count,
+                 "train_instance_count": self.train_instance_count, **rows}
+        return Metrics(self.iou_type, summary, table, precision, recall, self.edges)

@@ -1,0 +1,353 @@
+"""LVIS results (detections) as flat arrays, parsed in parallel and validated.
+
+A results source is a JSON path, a list of shard paths (one per rank) or a list of dicts.
+Each file is split at top-level object boundaries and parsed by forked workers that return
+only compact arrays (ids, scores, boxes, and the RLE ``counts`` as one byte buffer), so the
+detections are never all held as Python objects at once.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from operator import itemgetter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_utils
+
+from .gt import GroundTruth
+from .parallel import default_workers, parallel_map
+
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_ids = itemgetter("image_id", "category_id")
+_score = itemgetter("score")
+_bbox = itemgetter("bbox")
+_segm = itemgetter("segmentation")
+_counts = itemgetter("counts")
+_size = itemgetter("size")
+
+
+@dataclass
+class Detections:
+    """``N`` detections in input order (shards concatenated in the order given).
+
+    ``counts``/``offsets`` hold each compressed-RLE ``counts`` string back to back:
+    detection ``n``'s is ``counts[offsets[n]:offsets[n + 1]]``.
+    """
+
+    image_id: np.ndarray      # (N,) int64
+    category_id: np.ndarray   # (N,) int64
+    score: np.ndarray         # (N,) float64
+    bbox: np.ndarray          # (N, 4) float64 xywh; NaN rows where absent
+    has_bbox: np.ndarray      # (N,) bool
+    has_segm: np.ndarray      # (N,) bool
+    seg_hw: np.ndarray        # (N, 2) int64 RLE size (height, width)
+    seg_area: np.ndarray      # (N,) float64 mask pixel count; NaN where absent or not computed
+    counts: bytes
+    offsets: np.ndarray       # (N + 1,) int64
+    sources: list             # (name, first index) per shard, for error messages
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def name(self, n: int) -> str:
+        """``file[index]`` of detection ``n`` (index within its shard)."""
+        src, start = self.sources[0]
+        for s, first in self.sources:
+            if first <= n:
+                src, start = s, first
+        return f"{src}[{n - start}]"
+
+    def rle(self, n: int) -> dict:
+        return {"size": [int(self.seg_hw[n, 0]), int(self.seg_hw[n, 1])],
+                "counts": self.counts[self.offsets[n]:self.offsets[n + 1]]}
+
+
+class _Chunk:
+    """One piece of work: a slice of a raw JSON file, or of an in-memory list."""
+
+    def __init__(self, source: str, start: int, data: bytes | None = None, span=None,
+                 items: list | None = None, segm: bool = True, image_hw: dict | None = None):
+        self.source, self.start, self.data, self.span = source, start, data, span
+        self.items, self.segm, self.image_hw = items, segm, image_hw
+
+
+def _locate_bad(items: list, segm: bool) -> tuple[int, str]:
+    """(index, problem) of the first malformed entry (slow path, after the fast path failed)."""
+    for j, d in enumerate(items):
+        if not isinstance(d, dict):
+            return j, f"is a {type(d).__name__}, not a detection object"
+        ids = f"(image_id={d.get('image_id')}, category_id={d.get('category_id')})"
+        for key in ("image_id", "category_id", "score"):
+            if key not in d:
+                return j, f"{ids}: missing '{key}'"
+        for key in ("image_id", "category_id"):
+            if not isinstance(d[key], int) or isinstance(d[key], bool):
+                return j, f"{ids}: '{key}' must be an integer, got {d[key]!r}"
+        if not isinstance(d["score"], (int, float)) or isinstance(d["score"], bool):
+            return j, f"{ids}: 'score' must be a number, got {d['score']!r}"
+        if "bbox" in d:
+            b = d["bbox"]
+            if not (isinstance(b, (list, tuple)) and len(b) == 4
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+                return j, f"{ids}: 'bbox' must be 4 numbers [x, y, w, h], got {b!r}"
+        if segm and "segmentation" in d:
+            sg = d["segmentation"]
+            if not isinstance(sg, (dict, list)):
+                return j, f"{ids}: 'segmentation' must be an RLE dict or polygons, got {sg!r}"
+            if isinstance(sg, dict) and ("counts" not in sg or "size" not in sg):
+                return j, f"{ids}: RLE 'segmentation' needs 'size' and 'counts'"
+            if isinstance(sg, dict) and not isinstance(sg["counts"], (str, bytes, list)):
+                return j, f"{ids}: RLE 'counts' must be a string or a list"
+    return 0, "malformed detections"
+
+
+class _Bad(Exception):
+    """A malformed entry at chunk-relative index ``j``."""
+
+
+def _to_rle(seg, hw: tuple[int, int]) -> dict:
+    """Polygons / uncompressed RLE -> compressed RLE, as lvis-api's ``ann_to_rle``."""
+    h, w = hw
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    return mask_utils.frPyObjects(seg, h, w)
+
+
+def _parse_chunk(ch: _Chunk) -> dict:
+    """Parse one chunk into arrays (runs in a worker); problems come back as ``bad``/``error``."""
+    try:
+        return _parse(ch)
+    except _Bad as e:
+        return {"n": 0, "bad": e.args}
+    except ValueError as e:                      # JSON syntax, not a list, ...
+        return {"n": 0, "error": str(e)}
+
+
+def _parse(ch: _Chunk) -> dict:
+    if ch.items is not None:
+        items = ch.items[ch.span[0]:ch.span[1]]
+    else:
+        try:
+            import orjson
+            loads = orjson.loads
+        except ImportError:
+            import json
+            loads = json.loads
+        raw = ch.data if ch.span is None else b"[" + ch.data[ch.span[0]:ch.span[1]] + b"]"
+        items = loads(raw)
+        if not isinstance(items, list):
+            raise ValueError(f"{ch.source}: results must be a JSON list of detections, "
+                             f"got a {type(items).__name__}")
+        if ch.span is not None and not all(type(d) is dict for d in items[:1] + items[-1:]):
+            raise _Bad(*_locate_bad(items, ch.segm))
+    n = len(items)
+    out = {"n": n}
+    if n == 0:
+        return out
+    try:
+        ids = np.array(list(map(_ids, items)), dtype=np.int64).reshape(n, 2)
+        score = np.array(list(map(_score, items)), dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise _Bad(*_locate_bad(items, ch.segm)) from None
+    out["ids"], out["score"] = ids, score
+    try:
+        out["bbox"] = np.array(list(map(_bbox, items)), dtype=np.float64).reshape(n, 4)
+        out["has_bbox"] = np.ones(n, bool)
+    except (KeyError, TypeError, ValueError):
+        has = np.array(["bbox" in d for d in items], dtype=bool)
+        box = np.full((n, 4), np.nan)
+        try:
+            if has.any():
+                box[has] = np.array([d["bbox"] for d in items if "bbox" in d], dtype=np.float64).reshape(-1, 4)
+        except (TypeError, ValueError):
+            raise _Bad(*_locate_bad(items, ch.segm)) from None
+        out["bbox"], out["has_bbox"] = box, has
+    out["first_has_bbox"] = "bbox" in items[0]
+    out["first_has_segm"] = "segmentation" in items[0]
+    if not ch.segm:
+        return out
+    segs = [d.get("segmentation") for d in items]
+    has_segm = np.array([s is not None for s in segs], dtype=bool)
+    try:
+        counts = list(map(_counts, segs))
+        hw = np.array(list(map(_size, segs)), dtype=np.int64).reshape(n, 2)
+        if not all(type(c) is str for c in counts):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        counts, hw = [], np.zeros((n, 2), np.int64)
+        for j, s in enumerate(segs):
+            if s is None:
+                counts.append("")
+                continue
+            if not isinstance(s, (dict, list)) or (isinstance(s, dict) and ("counts" not in s or "size" not in s)):
+                raise _Bad(*_locate_bad(items, True))
+            if isinstance(s, list) or isinstance(s["counts"], list):
+                img_hw = (ch.image_hw or {}).get(items[j]["image_id"])
+                if img_hw is None:
+                    raise _Bad(j, "polygon or uncompressed-RLE segmentation on an unknown image")
+                s = _to_rle(s, img_hw)
+            c = s["counts"]
+            counts.append(c.decode("ascii") if isinstance(c, bytes) else c)
+            hw[j] = s["size"]
+        segs = [{"size": hw[j].tolist(), "counts": c} if has_segm[j] else None
+                for j, c in enumerate(counts)]
+    try:
+        buf = "".join(counts).encode("ascii")
+    except UnicodeEncodeError:
+        raise _Bad(next(j for j, c in enumerate(counts) if not c.isascii()),
+                   "RLE counts is not an ASCII string") from None
+    area = np.full(n, np.nan)
+    if has_segm.any():
+        area[has_segm] = rle_area(segs if has_segm.all() else [s for s in segs if s is not None])
+    out.update(has_segm=has_segm, hw=hw, area=area, counts=buf,
+               lens=np.fromiter(map(len, counts), dtype=np.int64, count=n))
+    return out
+
+
+def rle_area(rles: list) -> np.ndarray:
+    """Pixel counts of compressed RLEs, float64 ``(n,)``.
+
+    Batched by 255: pycocotools' ``area`` builds a uint8 array of the batch size and overflows
+    under NumPy 2 for larger batches.
+    """
+    return np.concatenate([mask_utils.area(rles[i:i + 255]).astype(np.float64)
+                           for i in range(0, len(rles), 255)] or [np.zeros(0)])
+
+
+def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
+    """Spans (inside the outer brackets) of about equal size, cut between top-level objects."""
+    lo = data.find(b"[")
+    hi = data.rfind(b"]")
+    if lo < 0 or hi < lo or data[:lo].strip():
+        raise ValueError(f"{source}: results must be a JSON list of detections")
+    lo += 1
+    cuts, step = [lo], (hi - lo) // max(pieces, 1)
+    for p in range(1, pieces):
+        m = _BOUNDARY.search(data, max(lo + p * step, cuts[-1]), hi)
+        if m is None:
+            break
+        comma = data.index(b",", m.start())
+        cuts.append(comma)
+    spans = []
+    for a, b in zip(cuts, cuts[1:] + [hi]):
+        spans.append((a if a == lo else a + 1, b))
+    return spans
+
+
+def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: GroundTruth,
+                 segm: bool = True, workers: int | None = None) -> Detections:
+    """Parse and validate results; ``segm=False`` skips the masks (bbox-only evaluation)."""
+    workers = default_workers() if workers is None else workers
+    hw = {int(i): (int(h), int(w)) for i, (h, w) in zip(gt.image_ids, gt.image_hw)}
+    chunks: list[_Chunk] = []
+    sources: list[tuple[str, int]] = []
+    if isinstance(results, (str, Path)):
+        results = [results]
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(f"results must be a path, a list of shard paths or a list of dicts, "
+                        f"got {type(results).__name__}")
+    if results and all(isinstance(r, (str, Path)) for r in results):
+        for path in map(Path, results):
+            if not path.is_file():
+                raise FileNotFoundError(f"results file not found: {path}")
+            data = path.read_bytes()
+            if not data.strip():
+                raise ValueError(f"{path}: empty file; results must be a JSON list of detections")
+            pieces = workers if len(data) > (1 << 22) else 1
+            try:
+                spans = _split(data, str(path), pieces)
+            except ValueError:
+                spans = [None]                   # not a list: the parser reports it
+            for span in spans:
+                chunks.append(_Chunk(str(path), 0, data=data, span=span, segm=segm, image_hw=hw))
+    else:
+        bad = next((j for j, r in enumerate(results) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise ValueError(f"results[{bad}] is a {type(results[bad]).__name__}, not a detection "
+                             "object (mixing paths and dicts is not supported)")
+        n = len(results)
+        pieces = workers if n > 20000 else 1
+        bounds = np.linspace(0, n, pieces + 1).astype(int)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            chunks.append(_Chunk("results", int(a), span=(int(a), int(b)), items=results,
+                                 segm=segm, image_hw=hw))
+    parts = parallel_map(_parse_chunk, chunks, workers)
+    if any("error" in p for p in parts) and any(c.span is not None and c.items is None for c in chunks):
+        # a split inside a string cannot happen for valid results; re-parse whole files to be sure
+        chunks = [_Chunk(c.source, 0, data=c.data, segm=segm, image_hw=hw)
+                  for j, c in enumerate(chunks) if c.items is not None or j == 0
+                  or chunks[j - 1].source != c.source]
+        parts = parallel_map(_parse_chunk, chunks, workers)
+    # indices inside a file continue across its chunks
+    starts, seen = [], {}
+    for ch, p in zip(chunks, parts):
+        key = ch.source if ch.items is None else "results"
+        starts.append(seen.get(key, 0))
+        if "error" in p:
+            raise ValueError(p["error"])
+        if "bad" in p:
+            j, what = p["bad"]
+            raise ValueError(f"{key}[{starts[-1] + j}] {what}")
+        seen[key] = starts[-1] + p["n"]
+    total = 0
+    for ch, p, s in zip(chunks, parts, starts):
+        if s == 0:
+            sources.append((ch.source, total))
+        total += p["n"]
+    return _assemble(parts, sources, segm, gt)
+
+
+def _assemble(parts: list[dict], sources: list, segm: bool, gt: GroundTruth) -> Detections:
+    parts_nz = [p for p in parts if p["n"]]
+    n = sum(p["n"] for p in parts_nz)
+    if n == 0:
+        e = np.zeros(0)
+        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), e, np.zeros((0, 4)),
+                          np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, 2), np.int64), e,
+                          b"", np.zeros(1, np.int64), sources or [("results", 0)])
+    ids = np.concatenate([p["ids"] for p in parts_nz])
+    det = Detections(
+        image_id=ids[:, 0].copy(), category_id=ids[:, 1].copy(),
+        score=np.concatenate([p["score"] for p in parts_nz]),
+        bbox=np.concatenate([p["bbox"] for p in parts_nz]),
+        has_bbox=np.concatenate([p["has_bbox"] for p in parts_nz]),
+        has_segm=np.concatenate([p["has_segm"] for p in parts_nz]) if segm else np.zeros(n, bool),
+        seg_hw=np.concatenate([p["hw"] for p in parts_nz]) if segm else np.zeros((n, 2), np.int64),
+        seg_area=np.concatenate([p["area"] for p in parts_nz]) if segm else np.full(n, np.nan),
+        counts=b"".join(p["counts"] for p in parts_nz) if segm else b"",
+        offsets=np.concatenate([[0], np.cumsum(np.concatenate([p["lens"] for p in parts_nz]))])
+        if segm else np.zeros(n + 1, np.int64),
+        sources=sources,
+    )
+    det.first_has_bbox = parts_nz[0]["first_has_bbox"]
+    det.first_has_segm = parts_nz[0]["first_has_segm"]
+    _validate(det, gt)
+    return det
+
+
+def _validate(det: Detections, gt: GroundTruth) -> None:
+    """Raise on the first offending detection: unknown ids, NaN score, bad boxes."""
+    box = det.bbox
+    checks = [
+        (gt.image_index(det.image_id) < 0, f"unknown image_id (not in the ground truth {gt.source})"),
+        (gt.cat_index(det.category_id) < 0, f"unknown category_id (not in the ground truth {gt.source})"),
+        (np.isnan(det.score), "score is NaN"),
+        (det.has_bbox & ~np.isfinite(box).all(1), "bbox has a non-finite value"),
+        (det.has_bbox & ((box[:, 2] < 0) | (box[:, 3] < 0)), "bbox has a negative width or height"),
+    ]
+    first = [(int(np.argmax(m)), int(m.sum()), what) for m, what in checks if m.any()]
+    if first:
+        j = min(f[0] for f in first)
+        what = "; ".join(w for i, _, w in first if i == j)
+        count = int(np.logical_or.reduce([m for m, _ in checks]).sum())
+        raise ValueError(f"{det.name(j)} (image_id={det.image_id[j]}, category_id={det.category_id[j]}, "
+                         f"score={det.score[j]}): {what}" + (f" [{count} bad detections in all]" if count > 1 else ""))
+
+
+def empty_warning(det: Detections) -> None:
+    if len(det) == 0:
+        warnings.warn("results are empty: every metric is 0 (or -1 where the official API gives -1)",
+                      stacklevel=3)
