@@ -41,9 +41,12 @@ class CorruptImageError(OSError):
     The trainer may catch it, count it and skip the sample.
     """
 
-    def __init__(self, file: str, image_id: int, reason: str = ""):
-        self.file, self.image_id = str(file), int(image_id)
-        super().__init__(f"{file}: cannot read image id {image_id}" + (f" ({reason})" if reason else ""))
+    def __init__(self, file: str, image_id: int | None = None, reason: str = ""):
+        self.file, self.image_id = str(file), image_id
+        if image_id is None:  # rebuilt from a message (DataLoader worker re-raise)
+            super().__init__(str(file))
+        else:
+            super().__init__(f"{file}: cannot read image id {image_id}" + (f" ({reason})" if reason else ""))
 
 
 def sample_seed(seed: int, *keys: int) -> int:
@@ -65,7 +68,12 @@ def _csr(lists: list[list], dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _image_file_name(img: dict, source: str) -> str:
-    """LVIS v1 has only ``coco_url`` (-> ``split/xxx.jpg``); v0.5's COCO-2014 names are stripped."""
+    """Image path relative to ``image_root``.
+
+    ``file_name`` when present (COCO, COCO-LT, LVIS v0.5, the synthetic set), COCO-2014 names
+    (``COCO_val2014_000000xxxxxx.jpg``) cut to the 2017 name; otherwise (LVIS v1) ``coco_url``'s
+    ``<split folder>/<file>``, so v1's ``image_root`` is the COCO root (detectron2's rule).
+    """
     name = img.get("file_name")
     if name:
         return name[-16:] if name.startswith("COCO_") else name

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltseg.data.category_stats import CategoryStats
-from ltseg.data.lvis import CorruptImageError, LVISDataset
+from ltseg.data.lvis import CorruptImageError, LVISDataset, _image_file_name
 from ltseg.data.masks import BitMasks, PolygonMasks
 from ltseg.data.transforms import PIXEL_MEAN, PIXEL_STD, DetectionTransform
 from tests.fixtures.lvis_fixture import base_dict, write_fixture
@@ -91,6 +91,17 @@ def test_sampler_queries(v1):
     assert [ds.image_labels(i).tolist() for i in range(4)] == [[0, 1, 2], [0, 1], [], [0, 1]]
     np.testing.assert_allclose(ds.aspect_ratios(), [64 / 48, 40 / 60, 1.0, 1.0])
     assert ds.file_name(0) == "train2017/000000000001.png"
+
+
+def test_file_name_rules():
+    both = {"id": 5, "file_name": "COCO_val2014_000000000005.jpg",
+            "coco_url": "http://images.cocodataset.org/val2017/000000000005.jpg"}
+    assert _image_file_name(both, "f") == "000000000005.jpg"
+    assert _image_file_name({"id": 5, "coco_url": both["coco_url"]}, "f") == "val2017/000000000005.jpg"
+    assert _image_file_name({"id": 5, "file_name": both["file_name"]}, "f") == "000000000005.jpg"
+    assert _image_file_name({"id": 5, "file_name": "a/b.png"}, "f") == "a/b.png"
+    with pytest.raises(ValueError, match="f: image 5 has neither"):
+        _image_file_name({"id": 5}, "f")
 
 
 def test_compact_storage_and_pickle(v1):
