@@ -47,9 +47,10 @@ class InfiniteSampler(torch.utils.data.Sampler):
         epoch_start = 0
         for indices in self.epochs():
             while pos < epoch_start + len(indices):
-                yield indices[pos - epoch_start]
-                self._consumed += 1
+                item = indices[pos - epoch_start]
+                self._consumed += 1            # before yielding: state_dict() counts what was handed out
                 pos += self.world_size
+                yield item
             epoch_start += len(indices)
 
     def state_dict(self) -> dict:
