@@ -225,6 +225,10 @@ class Trainer:
                 return self._evaluate(writer)
             self._stop(writer)  # the data loader broke because of a stop signal
             return None
+        except Exception as e:  # say which rank failed where; peers then fail on the next collective
+            self.log.error(f"rank {self.dist.rank}: training failed at iteration {self.iteration}: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            raise
         finally:
             restore_signals()
             writer.close()

@@ -52,8 +52,10 @@ def schedule_cfg(**overrides):
 class FakeDataset:
     def __init__(self, n: int = 32, size: int = 8, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, 3, size, size, generator=g, dtype=torch.float64).float()
         self.labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+        colour = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [-1, -1, -1]])[self.labels]  # learnable
+        noise = torch.randn(n, 3, size, size, generator=g, dtype=torch.float64).float()
+        self.images = noise + 2 * colour[:, :, None, None]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -166,6 +168,15 @@ def build(out: str | Path, dist_info: du.DistInfo = du.DistInfo(), *, global_bat
                    dist_info=dist_info, config_yaml="fake: true\n", loss_generator=gen)
 
 
+def _fail_at(iteration: int, hang: bool = False):
+    def set_iteration(it: int) -> None:
+        if it == iteration and hang:
+            time.sleep(3600)
+        if it == iteration:
+            raise RuntimeError(f"injected failure at iteration {it}")
+    return set_iteration
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -176,15 +187,22 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--noise-weight", type=float, default=0.01)
+    ap.add_argument("--fail-rank", type=int, default=-1, help="this rank raises at iteration 3")
+    ap.add_argument("--hang-rank", type=int, default=-1, help="this rank sleeps at iteration 3")
+    ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    dist_info = du.init_distributed("cpu", timeout_s=60)
+    dist_info = du.init_distributed("cpu", timeout_s=args.timeout)
     trainer = build(args.out, dist_info, global_batch=args.global_batch,
                     trainer_overrides={"checkpoint_period": args.checkpoint_period, "keep_last": 2},
                     schedule_overrides={"max_iter": args.max_iter},
                     model_kwargs={"dropout": args.dropout, "noise_weight": args.noise_weight}, sleep=args.sleep)
     trainer.resume_or_start({"false": False, "true": True}.get(args.resume, args.resume))
+    if args.fail_rank == dist_info.rank:
+        trainer.model.set_iteration = _fail_at(3)
+    if args.hang_rank == dist_info.rank:
+        trainer.model.set_iteration = _fail_at(3, hang=True)
     trainer.train()
     torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()},
                Path(args.out) / f"params_rank{dist_info.rank}.pt")
