@@ -31,7 +31,7 @@ from .synthetic_plan import (ImagePlan, assign, choose_categories, confusable, p
                              power_law_counts, val_counts)
 from .synthetic_render import RenderSettings, render_image
 
-FORMAT_VERSION = 1          # bump when the output for the same parameters changes
+FORMAT_VERSION = 2          # bump when the output for the same parameters changes
 MAX_HEAD_IMAGE_COUNT = 400  # default n_max: min(this, train_images // 3)
 SPLIT_CODES = {"train": 1, "val": 2}
 VAL_IMAGE_ID_OFFSET = 1_000_000

@@ -19,7 +19,8 @@ from .synthetic_polygons import mask_to_polygons
 BACKGROUND = -1
 PLACEMENT_TRIES = 40
 MIN_FRAGMENT_PIXELS = 4   # visible slivers smaller than this are not annotated
-MIN_VISIBLE_PIXELS = 16   # an object showing less than this is not annotated at all
+MIN_VISIBLE_PIXELS = 10   # an object showing less than this is not annotated at all
+MIN_DIAMETER = 10.0       # pixels, whatever the image size
 SECONDARY_SHADE = 0.35    # pattern colour = main colour x this
 
 
@@ -173,7 +174,7 @@ def _place(canvas: _Canvas, rng: np.random.Generator, s: RenderSettings, outline
     for attempt in range(PLACEMENT_TRIES):
         shrink = 0.85 ** (attempt // 10)
         lo, hi = scale_range
-        diameter = max(8.0, size * shrink * math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        diameter = max(MIN_DIAMETER, size * shrink * math.exp(rng.uniform(math.log(lo), math.log(hi))))
         angle = rng.uniform(0, 2 * math.pi)
         aspect = rng.uniform(0.85, 1.15)
         mask, centre = _rasterise(outlines, diameter / 2, angle, aspect)
