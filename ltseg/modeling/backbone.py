@@ -57,13 +57,16 @@ class ResNetBackbone(nn.Module):
         state = torch.load(file, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = self.body.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
-        if missing or unexpected:
-            raise KeyError(
+        expected = {k: v for k, v in self.body.state_dict().items() if not k.endswith("num_batches_tracked")}
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+        wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
                 f"model.backbone.weights '{path}': not a torchvision ResNet state dict for this depth "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+                f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]})"
             )
+        self.body.load_state_dict(state, strict=False)
 
     def freeze(self, freeze_at: int) -> None:
         frozen = ([self.body.conv1, self.body.bn1] if freeze_at >= 1 else []) + [

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import ClassificationLoss
+from ltseg.modeling.roi_heads import StandardROIHeads
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 
@@ -57,3 +58,14 @@ def make_batch(num_classes: int, size=(256, 256), num_images: int = 2, seed: int
                         "pos_category_ids": torch.tensor([], dtype=torch.int64),
                         "neg_category_ids": torch.tensor([(int(labels[0]) + 1) % num_classes])})
     return images, [size] * num_images, targets
+
+
+class RecordingROIHeads(StandardROIHeads):
+    """Selected through ``roi_heads._target_`` (what the cascade config does)."""
+
+    built = False
+
+    @classmethod
+    def from_config(cls, *args, **kwargs):
+        RecordingROIHeads.built = True
+        return super().from_config(*args, **kwargs)
