@@ -1,0 +1,117 @@
+"""The calibration loop (bi-level batches -> SGD on the calibrated heads) and the side-by-side evaluation."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ltseg.data.build import build_test_loader
+from ltseg.data.collate import collate
+from ltseg.data.lvis import sample_seed
+from ltseg.evaluation import LVISEvaluator
+from ltseg.modeling.postprocess import to_lvis_results
+
+from .bilevel import BilevelSampler
+from .simcal import VARIANTS, SimCal, lr_factor
+
+log = logging.getLogger(__name__)
+
+TABLE_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf", "AP1", "AP2", "AP3", "AP4")
+
+
+def freeze(model: nn.Module) -> None:
+    """Evaluation mode and no gradients for every parameter of the trained model."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def train_heads(simcal: SimCal, model: nn.Module, dataset, cfg, device: torch.device,
+                generator: torch.Generator, seed: int, size_divisibility: int = 32) -> dict:
+    """Train ``simcal``'s heads for ``cfg.epochs x cfg.steps_per_epoch`` bi-level steps.
+
+    ``cfg`` is the ``calibration`` config. Images go through the dataset's training transform
+    with per-step seeds. Returns counters (steps, steps without foreground, final loss, time).
+    """
+    sampler = BilevelSampler.from_dataset(dataset, classes_per_step=int(cfg.classes_per_step),
+                                          images_per_class=int(cfg.images_per_class), generator=generator)
+    params = [p for p in simcal.parameters() if p.requires_grad]
+    o = cfg.optimizer
+    optimizer = torch.optim.SGD(params, lr=float(o.lr), momentum=float(o.momentum), weight_decay=float(o.weight_decay))
+    steps, period = int(cfg.epochs) * int(cfg.steps_per_epoch), max(int(cfg.log_period), 1)
+    simcal.train()
+    empty, last, t0 = 0, float("nan"), time.perf_counter()
+    for step in range(steps):
+        epoch = step // int(cfg.steps_per_epoch) + 1
+        for group in optimizer.param_groups:
+            group["lr"] = float(o.lr) * lr_factor(epoch, cfg.lr_decay_epochs, float(cfg.gamma))
+        draw = sampler.sample()
+        batch = collate([dataset[(i, sample_seed(seed, step, j))] for j, i in enumerate(draw.image_indices.tolist())],
+                        size_divisibility).to(device)
+        loss, info = simcal.loss(model, batch.images, batch.image_sizes, batch.targets,
+                                 draw.image_classes.to(device), generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"calibration step {step}: non-finite loss {float(loss)}")
+        if sum(info.values()) == 0:
+            empty += 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        last = float(loss.detach())
+        if (step + 1) % period == 0 or step + 1 == steps:
+            log.info("calibration step %d/%d epoch %d lr %.2e loss %.4f %s", step + 1, steps, epoch,
+                     optimizer.param_groups[0]["lr"], last, " ".join(f"{k}={v}" for k, v in info.items()))
+    simcal.eval()
+    if empty:
+        log.warning("%d of %d calibration steps had no foreground proposal of a sampled class (zero loss)",
+                    empty, steps)
+    return {"steps": steps, "empty_steps": empty, "final_loss": last, "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def predict_variants(simcal: SimCal, model: nn.Module, dataset, device: torch.device, images_per_batch: int = 1,
+                     num_workers: int = 0) -> dict[str, list[dict]]:
+    """LVIS results of the original, calibrated and dual-head predictions over ``dataset``."""
+    loader = build_test_loader(dataset, images_per_batch, num_workers)
+    results = {v: [] for v in VARIANTS}
+    for batch in loader:
+        batch = batch.to(device)
+        out = simcal.predict(model, batch.images, batch.image_sizes, batch.orig_sizes)
+        for v in VARIANTS:
+            results[v].extend(to_lvis_results(out[v], batch.image_ids, dataset.category_ids))
+    return results
+
+
+def evaluate_variants(results: dict[str, list[dict]], gt, stats, bins="lvis", iou_types=("bbox", "segm"),
+                      output_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``{iou_type: {variant: summary}}``; with ``output_dir`` writes ``metrics_<variant>.json``."""
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for iou_type in iou_types:
+        evaluator = LVISEvaluator(gt, iou_type, bins=bins, train_stats=stats)
+        metrics[iou_type] = {v: {k: float(x) for k, x in evaluator.evaluate(r).summary.items()}
+                             for v, r in results.items()}
+    if output_dir is not None:
+        for v in results:
+            Path(output_dir, f"metrics_{v}.json").write_text(
+                json.dumps({t: metrics[t][v] for t in metrics}, indent=2) + "\n")
+    return metrics
+
+
+def format_side_by_side(metrics: dict[str, dict[str, dict[str, float]]], keys=TABLE_KEYS) -> str:
+    """Text table, one block per IoU type: metric rows, variant columns (AP in %, -1 as ``-``)."""
+    lines = []
+    for iou_type, by_variant in metrics.items():
+        variants = list(by_variant)
+        lines.append(f"{iou_type:<8}" + "".join(f"{v:>8}" for v in variants))
+        for key in keys:
+            cells = []
+            for v in variants:
+                x = by_variant[v].get(key, -1.0)
+                cells.append(f"{'-':>8}" if x < 0 else f"{100 * x:>8.2f}")
+            lines.append(f"{key:<8}" + "".join(cells))
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
