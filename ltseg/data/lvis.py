@@ -11,6 +11,7 @@ than 3 points and annotations left without any polygon are dropped, counted in
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ def _csr(lists: list[list], dtype) -> tuple[np.ndarray, np.ndarray]:
     """List of lists -> (flat values, offsets ``(len + 1,)``)."""
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(v) for v in lists])
-    flat = np.fromiter((x for v in lists for x in v), dtype=dtype, count=int(offsets[-1]))
+    flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=dtype, count=int(offsets[-1]))
     return flat, offsets
 
 
@@ -214,10 +215,7 @@ class LVISDataset(torch.utils.data.Dataset):
         parts = [parts[k] for k in order]
         rles = [rles[k] for k in order]
         self._part_off = np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64)
-        part_lens = [len(p) for ps in parts for p in ps]
-        self._coord_off = np.r_[0, np.cumsum(part_lens)].astype(np.int64)
-        self._coords = np.fromiter((c for ps in parts for p in ps for c in p), dtype=np.float32,
-                                   count=int(self._coord_off[-1]))
+        self._coords, self._coord_off = _csr(list(itertools.chain.from_iterable(parts)), np.float32)
         self._is_rle = np.array([r is not None for r in rles], dtype=bool)
         rle_bytes = [r or b"" for r in rles]
         self._rle = np.frombuffer(b"".join(rle_bytes), dtype=np.uint8).copy()

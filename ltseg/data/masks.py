@@ -216,9 +216,8 @@ class BitMasks(InstanceMasks):
         r = boxes.shape[0]
         if r == 0:
             return torch.zeros(0, size, size, dtype=torch.float32, device=boxes.device)
-        masks = self.tensor.to(boxes.device)[indices.to(boxes.device)][:, None].float()
-        rois = torch.cat([torch.arange(r, device=boxes.device, dtype=torch.float32)[:, None],
-                          boxes.float()], dim=1)
+        masks = self.tensor.to(boxes.device)[:, None].float()              # (N, 1, H, W), no per-RoI copy
+        rois = torch.cat([indices.to(boxes.device, torch.float32)[:, None], boxes.float()], dim=1)
         out = roi_align(masks, rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
         return (out[:, 0] >= 0.5).float()
 
