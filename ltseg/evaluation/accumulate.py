@@ -29,42 +29,42 @@ def accumulate(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndar
     """
     num_k, num_a = num_gt.shape
     num_t, num_r = len(IOU_THRS), len(REC_THRS)
-    precision = -np.ones((num_t, num_r, num_k, num_a))
-    recall = -np.ones((num_t, num_k, num_a))
-    has_gt = num_gt > 0                                                       # (K, A)
+    lanes = num_a * num_t
+    ngt_l = np.repeat(num_gt, num_t, axis=1).astype(np.float64)               # (K, L)
+    valid_l = ngt_l > 0
     order = np.lexsort((idx, img, -score, cat))
     cat_s = cat[order]
-    lanes = num_a * num_t
-    tp_c = np.cumsum(tp[order].reshape(-1, lanes), axis=0, dtype=np.int64)   # (N, L)
-    fp_c = np.cumsum(fp[order].reshape(-1, lanes), axis=0, dtype=np.int64)
+    tp_s = tp[order].reshape(-1, lanes)
+    # cumulative counts are exact integers in float64, as lvis-api's cumsum(...).astype(float)
+    tp_c = np.cumsum(tp_s, axis=0, dtype=np.float64)                          # (N, L)
+    fp_c = np.cumsum(fp[order].reshape(-1, lanes), axis=0, dtype=np.float64)
     start = np.searchsorted(cat_s, np.arange(num_k))                          # first rank per cat
     end = np.searchsorted(cat_s, np.arange(num_k), side="right")
-    zero = np.zeros((1, lanes), np.int64)
+    zero = np.zeros((1, lanes))
     tp_before = np.concatenate([zero, tp_c])[start]                           # (K, L)
     fp_before = np.concatenate([zero, fp_c])[start]
-    tp_total = np.concatenate([zero, tp_c])[end] - tp_before                  # (K, L)
-    ngt_l = np.repeat(num_gt, num_t, axis=1).astype(np.float64)               # (K, L)
-    valid_l = np.repeat(has_gt, num_t, axis=1)
-    rec = np.zeros((num_k, lanes))
-    np.divide(tp_total.astype(np.float64), ngt_l, out=rec, where=valid_l)
-    recall_kat = np.where(valid_l, rec, -1.0).reshape(num_k, num_a, num_t)
-    recall[:] = recall_kat.transpose(2, 0, 1)
+    tp_total = np.concatenate([zero, tp_c])[end] - tp_before
+    rec = np.divide(tp_total, ngt_l, out=np.full((num_k, lanes), -1.0), where=valid_l)
+    recall = np.ascontiguousarray(rec.reshape(num_k, num_a, num_t).transpose(2, 0, 1))
 
-    best = np.zeros((num_k, lanes, num_r + 1))        # best[k, l, q]: max precision with q thrs reached
-    if len(cat_s):
-        tp_f = (tp_c - tp_before[cat_s]).astype(np.float64)
-        fp_f = (fp_c - fp_before[cat_s]).astype(np.float64)
-        ngt = ngt_l[cat_s]
-        ok = valid_l[cat_s]
-        rc = np.divide(tp_f, ngt, out=np.zeros_like(tp_f), where=ok)
-        pr = tp_f / (fp_f + tp_f + EPS)
-        reached = np.searchsorted(REC_THRS, rc.reshape(-1), side="right").reshape(rc.shape)
-        flat = (cat_s[:, None] * lanes + np.arange(lanes)[None, :]) * (num_r + 1) + reached
-        np.maximum.at(best.reshape(-1), flat[ok], pr[ok])
-    # precision at threshold r = max over ranks that reached more than r thresholds
-    prec = np.maximum.accumulate(best[:, :, ::-1], axis=2)[:, :, ::-1][:, :, 1:]   # (K, L, R)
-    prec = np.where(valid_l[:, :, None], prec, -1.0).reshape(num_k, num_a, num_t, num_r)
-    precision[:] = prec.transpose(2, 3, 0, 1)
+    # best[t, q, k, a]: max precision over ranks whose recall reaches exactly q thresholds. Within
+    # a category precision peaks where the TP count steps up, so only TP ranks can hold a maximum.
+    best = np.zeros((num_t, num_r + 1, num_k, num_a))
+    best.transpose(2, 3, 0, 1)[~valid_l.reshape(num_k, num_a, num_t)] = -1.0
+    rows, lane = np.nonzero(tp_s)
+    if len(rows):
+        k = cat_s[rows]
+        tp_n = tp_c[rows, lane] - tp_before[k, lane]
+        fp_n = fp_c[rows, lane] - fp_before[k, lane]
+        rc = tp_n / ngt_l[k, lane]
+        pr = tp_n / (fp_n + tp_n + EPS)
+        reached = np.searchsorted(REC_THRS, rc, side="right")
+        a, t = np.divmod(lane, num_t)
+        np.maximum.at(best.reshape(-1), ((t * (num_r + 1) + reached) * num_k + k) * num_a + a, pr)
+    # precision at recall threshold r = max over ranks that reached more than r thresholds
+    rev = best[:, ::-1]
+    np.maximum.accumulate(rev, axis=1, out=rev)
+    precision = best[:, 1:]
     return precision, recall
 
 

@@ -66,7 +66,8 @@ def make_case(seed: int, num_images: int = 20, num_categories: int = 12, dets_pe
                    "instance_count": int(rng.integers(1, 3000))}
                   for c, f in zip(cat_ids, freq)]
     no_gt_cats = set(cat_ids[: max(1, num_categories // 6)])     # never annotated in this split
-    gt_cats = [c for c in cat_ids if c not in no_gt_cats]
+    gt_cats = np.array([c for c in cat_ids if c not in no_gt_cats])
+    cat_arr = np.array(cat_ids)
 
     images, anns, results = [], [], []
     ann_id = 1
@@ -112,7 +113,7 @@ def make_case(seed: int, num_images: int = 20, num_categories: int = 12, dets_pe
             img_anns.append((ann, polys))
             ann_id += 1
         pos = sorted(set(img_cats))
-        others = [c for c in cat_ids if c not in pos]
+        others = np.setdiff1d(cat_arr, pos)
         neg = sorted(rng.choice(others, size=min(len(others), int(rng.integers(0, 4))),
                                 replace=False).tolist())
         nel = sorted(rng.choice(pos, size=min(len(pos), int(rng.integers(0, 2))),
@@ -129,10 +130,10 @@ def make_case(seed: int, num_images: int = 20, num_categories: int = 12, dets_pe
                 jit = rng.normal(0, 0.08 * max(ann["bbox"][2], ann["bbox"][3], 1), 2)
                 dpoly = [np.clip(np.asarray(p).reshape(-1, 2) + jit, 0, [w, h]).reshape(-1).round(2).tolist()
                          for p in polys]
-                c = ann["category_id"] if rng.random() < 0.8 else int(rng.choice(cat_ids))
+                c = ann["category_id"] if rng.random() < 0.8 else int(cat_arr[rng.integers(len(cat_arr))])
             else:                                                   # background, neg or unrelated class
-                pool = neg if (neg and rng.random() < 0.5) else cat_ids
-                c = int(rng.choice(pool))
+                pool = neg if (neg and rng.random() < 0.5) else cat_arr
+                c = int(pool[rng.integers(len(pool))])
                 dpoly = [_polygon(rng, rng.uniform(0, w), rng.uniform(0, h),
                                   rng.uniform(1, w / 4), rng.uniform(1, h / 4), w, h)]
             box = _bounds(dpoly)

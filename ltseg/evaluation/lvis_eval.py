@@ -91,31 +91,34 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
 
     if iou_type == "segm":
         _require(det, ~det.has_segm, "missing 'segmentation' (required for segm evaluation)")
-        area = det.seg_area
+        mask_area = True
     elif len(keep) and det.has_bbox[_first_kept(d_img, det.score, max_dets)]:
         missing = np.zeros(len(det), bool)
         missing[keep] = ~det.has_bbox[keep]
         _require(det, missing, "missing 'bbox' (the first result has one, so lvis-api requires it on all)")
-        area = det.bbox[:, 2] * det.bbox[:, 3]
+        mask_area = False
     else:
         _require(det, ~det.has_segm & ~det.has_bbox, "has neither 'bbox' nor 'segmentation'")
         _require(det, ~det.has_segm, "missing 'segmentation' (the first result has no 'bbox')")
-        area = det.seg_area
+        mask_area = True
         missing = np.flatnonzero(~det.has_bbox)
         if len(missing):
-            det.bbox[missing] = mask_utils.toBbox([det.rle(int(n)) for n in missing])
+            det.bbox[missing] = mask_utils.toBbox(det.rles(missing)).reshape(-1, 4)
             det.has_bbox[missing] = True
 
-    # known category, 0 < area < inf, then the federated rule: c in pos(I) or neg(I)
-    keep = keep[(d_cat[keep] >= 0) & (area[keep] > 0) & (area[keep] < np.inf)]
+    # known category and the federated rule (c in pos(I) or neg(I)), then 0 < area < inf;
+    # lvis-api filters area first, but the two filters commute and masks are costly to measure
     gt_key = gt.ann_img * num_k + gt.ann_cat
     pos_keys = np.unique(gt_key)
+    keep = keep[d_cat[keep] >= 0]
     key = d_img[keep] * num_k + d_cat[keep]
-    keep = keep[np.isin(key, pos_keys, assume_unique=False) | np.isin(key, gt.neg_keys)]
+    keep = keep[np.isin(key, pos_keys) | np.isin(key, gt.neg_keys)]
+    area = det.mask_area(keep) if mask_area else det.bbox[keep, 2] * det.bbox[keep, 3]
+    ok = (area > 0) & (area < np.inf)
+    keep, d_area = keep[ok], area[ok]
 
     img, cat, score = d_img[keep], d_cat[keep], det.score[keep]
     key = img * num_k + cat
-    d_area = area[keep]
     order = np.lexsort((keep, -score, key))          # groups, then (score desc, input order)
     keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
     n = len(keep)
@@ -150,7 +153,7 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
         segm = gt.ann_segm
 
         def dt_rles(a, b, _rows=keep[rows]):
-            return [det.rle(int(j)) for j in _rows[a:b]]
+            return det.rles(_rows[a:b])
 
         def gt_rles(a, b):
             out = []

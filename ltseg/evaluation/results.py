@@ -1,15 +1,18 @@
 """LVIS results (detections) as flat arrays, parsed in parallel and validated.
 
 A results source is a JSON path, a list of shard paths (one per rank) or a list of dicts.
-Each file is split at top-level object boundaries and parsed by forked workers that return
-only compact arrays (ids, scores, boxes, and the RLE ``counts`` as one byte buffer), so the
+Each file is split at top-level object boundaries into pieces parsed by forked workers
+(orjson when installed); a worker turns its piece into compact arrays (ids, scores, boxes,
+and all RLE ``counts`` packed into one byte buffer) and frees the Python objects, so the
 detections are never all held as Python objects at once.
 """
 from __future__ import annotations
 
+import gc
+import json
 import re
-import warnings
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +24,8 @@ from .gt import GroundTruth
 from .parallel import default_workers, parallel_map
 
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
-_ids = itemgetter("image_id", "category_id")
+_image_id = itemgetter("image_id")
+_category_id = itemgetter("category_id")
 _score = itemgetter("score")
 _bbox = itemgetter("bbox")
 _segm = itemgetter("segmentation")
@@ -33,8 +37,8 @@ _size = itemgetter("size")
 class Detections:
     """``N`` detections in input order (shards concatenated in the order given).
 
-    ``counts``/``offsets`` hold each compressed-RLE ``counts`` string back to back:
-    detection ``n``'s is ``counts[offsets[n]:offsets[n + 1]]``.
+    Detection ``n``'s RLE ``counts`` is ``buffers[buf[n]][cstart[n]:cend[n]]`` (JSON-escaped
+    backslashes still doubled where ``escaped[n]``).
     """
 
     image_id: np.ndarray      # (N,) int64
@@ -44,10 +48,13 @@ class Detections:
     has_bbox: np.ndarray      # (N,) bool
     has_segm: np.ndarray      # (N,) bool
     seg_hw: np.ndarray        # (N, 2) int64 RLE size (height, width)
-    seg_area: np.ndarray      # (N,) float64 mask pixel count; NaN where absent or not computed
-    counts: bytes
-    offsets: np.ndarray       # (N + 1,) int64
+    buffers: list             # bytes objects holding the counts
+    buf: np.ndarray           # (N,) int64 buffer index
+    cstart: np.ndarray        # (N,) int64
+    cend: np.ndarray          # (N,) int64
+    escaped: np.ndarray       # (N,) bool
     sources: list             # (name, first index) per shard, for error messages
+    first_has_bbox: bool = True
 
     def __len__(self) -> int:
         return len(self.score)
@@ -61,8 +68,30 @@ class Detections:
         return f"{src}[{n - start}]"
 
     def rle(self, n: int) -> dict:
-        return {"size": [int(self.seg_hw[n, 0]), int(self.seg_hw[n, 1])],
-                "counts": self.counts[self.offsets[n]:self.offsets[n + 1]]}
+        c = self.buffers[self.buf[n]][self.cstart[n]:self.cend[n]]
+        if self.escaped[n]:
+            c = c.replace(b"\\\\", b"\\")
+        return {"size": [int(self.seg_hw[n, 0]), int(self.seg_hw[n, 1])], "counts": c}
+
+    def rles(self, rows: np.ndarray) -> list:
+        return [self.rle(n) for n in rows.tolist()]
+
+    def mask_area(self, rows: np.ndarray) -> np.ndarray:
+        """Pixel counts of the masks of ``rows``, float64 (NaN where a det has no mask)."""
+        out = np.full(len(rows), np.nan)
+        has = self.has_segm[rows]
+        out[has] = rle_area(self.rles(rows[has]))
+        return out
+
+
+def rle_area(rles: list) -> np.ndarray:
+    """Pixel counts of compressed RLEs, float64 ``(n,)``.
+
+    Batched by 255: pycocotools' ``area`` builds a uint8 array of the batch size and overflows
+    under NumPy 2 for larger batches.
+    """
+    return np.concatenate([mask_utils.area(rles[i:i + 255]).astype(np.float64)
+                           for i in range(0, len(rles), 255)] or [np.zeros(0)])
 
 
 class _Chunk:
@@ -118,43 +147,85 @@ def _to_rle(seg, hw: tuple[int, int]) -> dict:
 
 def _parse_chunk(ch: _Chunk) -> dict:
     """Parse one chunk into arrays (runs in a worker); problems come back as ``bad``/``error``."""
+    gc.disable()                                 # no cyclic garbage here; GC passes cost ~30%
     try:
         return _parse(ch)
     except _Bad as e:
         return {"n": 0, "bad": e.args}
     except ValueError as e:                      # JSON syntax, not a list, ...
         return {"n": 0, "error": str(e)}
+    finally:
+        gc.enable()
+
+
+def _loads(raw: bytes, source: str):
+    try:
+        try:
+            import orjson
+            return orjson.loads(raw)
+        except ImportError:
+            return json.loads(raw)
+        except orjson.JSONDecodeError:
+            return json.loads(raw)               # NaN / Infinity literals, as Python's json
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not valid JSON ({e})") from None
+
+
+def _fixed_lists(lists, n: int, width: int, dtype) -> np.ndarray:
+    """``n`` lists of ``width`` numbers -> ``(n, width)`` array; ValueError on a wrong length."""
+    lists = list(lists)
+    if not all(len(v) == width for v in lists):
+        raise ValueError("wrong list length")
+    return np.fromiter(chain.from_iterable(lists), dtype, n * width).reshape(n, width)
+
+
+def _segm_slow(items: list, image_hw: dict | None) -> tuple[list, np.ndarray, np.ndarray]:
+    """Counts strings, sizes and presence flags when some results lack a compressed RLE."""
+    n = len(items)
+    counts, hw, has_segm = [], np.zeros((n, 2), np.int64), np.zeros(n, bool)
+    for j, d in enumerate(items):
+        sg = d.get("segmentation")
+        if sg is None:
+            counts.append("")
+            continue
+        if not isinstance(sg, (dict, list)) or (isinstance(sg, dict) and ("counts" not in sg or "size" not in sg)):
+            raise _Bad(*_locate_bad(items, True))
+        if isinstance(sg, list) or isinstance(sg["counts"], list):
+            img_hw = (image_hw or {}).get(d["image_id"])
+            if img_hw is None:
+                raise _Bad(j, "polygon or uncompressed-RLE segmentation on an unknown image")
+            sg = _to_rle(sg, img_hw)
+        c = sg["counts"]
+        if not isinstance(c, (str, bytes)):
+            raise _Bad(*_locate_bad(items, True))
+        counts.append(c.decode("ascii") if isinstance(c, bytes) else c)
+        hw[j] = sg["size"]
+        has_segm[j] = True
+    return counts, hw, has_segm
 
 
 def _parse(ch: _Chunk) -> dict:
     if ch.items is not None:
         items = ch.items[ch.span[0]:ch.span[1]]
     else:
-        try:
-            import orjson
-            loads = orjson.loads
-        except ImportError:
-            import json
-            loads = json.loads
         raw = ch.data if ch.span is None else b"[" + ch.data[ch.span[0]:ch.span[1]] + b"]"
-        items = loads(raw)
+        items = _loads(raw, ch.source)
         if not isinstance(items, list):
             raise ValueError(f"{ch.source}: results must be a JSON list of detections, "
                              f"got a {type(items).__name__}")
-        if ch.span is not None and not all(type(d) is dict for d in items[:1] + items[-1:]):
-            raise _Bad(*_locate_bad(items, ch.segm))
     n = len(items)
     out = {"n": n}
     if n == 0:
         return out
     try:
-        ids = np.array(list(map(_ids, items)), dtype=np.int64).reshape(n, 2)
-        score = np.array(list(map(_score, items)), dtype=np.float64)
+        ids = np.stack([np.fromiter(map(_image_id, items), np.int64, n),
+                        np.fromiter(map(_category_id, items), np.int64, n)], 1)
+        score = np.fromiter(map(_score, items), np.float64, n)
     except (KeyError, TypeError, ValueError):
         raise _Bad(*_locate_bad(items, ch.segm)) from None
     out["ids"], out["score"] = ids, score
     try:
-        out["bbox"] = np.array(list(map(_bbox, items)), dtype=np.float64).reshape(n, 4)
+        out["bbox"] = _fixed_lists(map(_bbox, items), n, 4, np.float64)
         out["has_bbox"] = np.ones(n, bool)
     except (KeyError, TypeError, ValueError):
         has = np.array(["bbox" in d for d in items], dtype=bool)
@@ -166,55 +237,27 @@ def _parse(ch: _Chunk) -> dict:
             raise _Bad(*_locate_bad(items, ch.segm)) from None
         out["bbox"], out["has_bbox"] = box, has
     out["first_has_bbox"] = "bbox" in items[0]
-    out["first_has_segm"] = "segmentation" in items[0]
     if not ch.segm:
         return out
-    segs = [d.get("segmentation") for d in items]
-    has_segm = np.array([s is not None for s in segs], dtype=bool)
-    try:
+    try:                                           # fast path: every result has a compressed RLE
+        segs = list(map(_segm, items))
         counts = list(map(_counts, segs))
-        hw = np.array(list(map(_size, segs)), dtype=np.int64).reshape(n, 2)
-        if not all(type(c) is str for c in counts):
+        hw = _fixed_lists(map(_size, segs), n, 2, np.int64)
+        if not all(map(str.__instancecheck__, counts)):
             raise TypeError
+        has_segm = np.ones(n, bool)
     except (KeyError, TypeError, ValueError):
-        counts, hw = [], np.zeros((n, 2), np.int64)
-        for j, s in enumerate(segs):
-            if s is None:
-                counts.append("")
-                continue
-            if not isinstance(s, (dict, list)) or (isinstance(s, dict) and ("counts" not in s or "size" not in s)):
-                raise _Bad(*_locate_bad(items, True))
-            if isinstance(s, list) or isinstance(s["counts"], list):
-                img_hw = (ch.image_hw or {}).get(items[j]["image_id"])
-                if img_hw is None:
-                    raise _Bad(j, "polygon or uncompressed-RLE segmentation on an unknown image")
-                s = _to_rle(s, img_hw)
-            c = s["counts"]
-            counts.append(c.decode("ascii") if isinstance(c, bytes) else c)
-            hw[j] = s["size"]
-        segs = [{"size": hw[j].tolist(), "counts": c} if has_segm[j] else None
-                for j, c in enumerate(counts)]
+        counts, hw, has_segm = _segm_slow(items, ch.image_hw)
     try:
         buf = "".join(counts).encode("ascii")
     except UnicodeEncodeError:
         raise _Bad(next(j for j, c in enumerate(counts) if not c.isascii()),
                    "RLE counts is not an ASCII string") from None
-    area = np.full(n, np.nan)
-    if has_segm.any():
-        area[has_segm] = rle_area(segs if has_segm.all() else [s for s in segs if s is not None])
-    out.update(has_segm=has_segm, hw=hw, area=area, counts=buf,
-               lens=np.fromiter(map(len, counts), dtype=np.int64, count=n))
+    lens = np.fromiter(map(len, counts), dtype=np.int64, count=n)
+    ends = np.cumsum(lens)
+    out.update(has_segm=has_segm, hw=hw, buffer=buf, cstart=ends - lens, cend=ends,
+               escaped=np.zeros(n, bool))
     return out
-
-
-def rle_area(rles: list) -> np.ndarray:
-    """Pixel counts of compressed RLEs, float64 ``(n,)``.
-
-    Batched by 255: pycocotools' ``area`` builds a uint8 array of the batch size and overflows
-    under NumPy 2 for larger batches.
-    """
-    return np.concatenate([mask_utils.area(rles[i:i + 255]).astype(np.float64)
-                           for i in range(0, len(rles), 255)] or [np.zeros(0)])
 
 
 def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
@@ -293,37 +336,48 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
             raise ValueError(f"{key}[{starts[-1] + j}] {what}")
         seen[key] = starts[-1] + p["n"]
     total = 0
-    for ch, p, s in zip(chunks, parts, starts):
-        if s == 0:
+    for ch, p, st in zip(chunks, parts, starts):
+        if st == 0:
             sources.append((ch.source, total))
         total += p["n"]
-    return _assemble(parts, sources, segm, gt)
+    return _assemble(chunks, parts, sources or [("results", 0)], segm, gt)
 
 
-def _assemble(parts: list[dict], sources: list, segm: bool, gt: GroundTruth) -> Detections:
-    parts_nz = [p for p in parts if p["n"]]
-    n = sum(p["n"] for p in parts_nz)
+def _assemble(chunks: list, parts: list[dict], sources: list, segm: bool, gt: GroundTruth) -> Detections:
+    buffers, buf_ids = [], []
+    for ch, p in zip(chunks, parts):
+        if not p["n"] or not segm:
+            buf_ids.append(0)
+        else:
+            buf_ids.append(len(buffers))
+            buffers.append(p["buffer"])
+    use = [(p, b) for p, b in zip(parts, buf_ids) if p["n"]]
+    n = sum(p["n"] for p, _ in use)
     if n == 0:
         e = np.zeros(0)
-        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), e, np.zeros((0, 4)),
-                          np.zeros(0, bool), np.zeros(0, bool), np.zeros((0, 2), np.int64), e,
-                          b"", np.zeros(1, np.int64), sources or [("results", 0)])
-    ids = np.concatenate([p["ids"] for p in parts_nz])
+        z = np.zeros(0, np.int64)
+        return Detections(z, z, e, np.zeros((0, 4)), np.zeros(0, bool), np.zeros(0, bool),
+                          np.zeros((0, 2), np.int64), [], z, z, z, np.zeros(0, bool), sources)
+
+    def cat(key, fill):
+        return np.concatenate([p[key] if segm else fill(p["n"]) for p, _ in use])
+
+    ids = np.concatenate([p["ids"] for p, _ in use])
     det = Detections(
         image_id=ids[:, 0].copy(), category_id=ids[:, 1].copy(),
-        score=np.concatenate([p["score"] for p in parts_nz]),
-        bbox=np.concatenate([p["bbox"] for p in parts_nz]),
-        has_bbox=np.concatenate([p["has_bbox"] for p in parts_nz]),
-        has_segm=np.concatenate([p["has_segm"] for p in parts_nz]) if segm else np.zeros(n, bool),
-        seg_hw=np.concatenate([p["hw"] for p in parts_nz]) if segm else np.zeros((n, 2), np.int64),
-        seg_area=np.concatenate([p["area"] for p in parts_nz]) if segm else np.full(n, np.nan),
-        counts=b"".join(p["counts"] for p in parts_nz) if segm else b"",
-        offsets=np.concatenate([[0], np.cumsum(np.concatenate([p["lens"] for p in parts_nz]))])
-        if segm else np.zeros(n + 1, np.int64),
+        score=np.concatenate([p["score"] for p, _ in use]),
+        bbox=np.concatenate([p["bbox"] for p, _ in use]),
+        has_bbox=np.concatenate([p["has_bbox"] for p, _ in use]),
+        has_segm=cat("has_segm", lambda m: np.zeros(m, bool)),
+        seg_hw=cat("hw", lambda m: np.zeros((m, 2), np.int64)),
+        buffers=buffers,
+        buf=np.concatenate([np.full(p["n"], b, np.int64) for p, b in use]),
+        cstart=cat("cstart", lambda m: np.zeros(m, np.int64)),
+        cend=cat("cend", lambda m: np.zeros(m, np.int64)),
+        escaped=cat("escaped", lambda m: np.zeros(m, bool)),
         sources=sources,
+        first_has_bbox=use[0][0]["first_has_bbox"],
     )
-    det.first_has_bbox = parts_nz[0]["first_has_bbox"]
-    det.first_has_segm = parts_nz[0]["first_has_segm"]
     _validate(det, gt)
     return det
 
@@ -345,9 +399,3 @@ def _validate(det: Detections, gt: GroundTruth) -> None:
         count = int(np.logical_or.reduce([m for m, _ in checks]).sum())
         raise ValueError(f"{det.name(j)} (image_id={det.image_id[j]}, category_id={det.category_id[j]}, "
                          f"score={det.score[j]}): {what}" + (f" [{count} bad detections in all]" if count > 1 else ""))
-
-
-def empty_warning(det: Detections) -> None:
-    if len(det) == 0:
-        warnings.warn("results are empty: every metric is 0 (or -1 where the official API gives -1)",
-                      stacklevel=3)
