@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, eql_weight, foreground, sigmoid_targets, weighted_bce
+from ltseg.losses.common import SigmoidLoss, foreground, set_label_entries, sigmoid_targets, weighted_bce
 
 
 @register_loss("beql")
@@ -39,11 +40,10 @@ class BackgroundEQL(SigmoidLoss):
         self.lambda_ = lambda_
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
-        c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, z)
-        fg = foreground(ctx.labels, z)
         tail = self.tail(ctx.stats, z, self.lambda_)
         zw = z.detach() if self.detach_weight else z
-        bg_drop = tail[None, :] * (-F.logsigmoid(zw) / math.log(self.log_base)).clamp(max=1.0)
-        w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - bg_drop)
-        return weighted_bce(z, y, w)
+        neg_log_b = (F.logsigmoid(zw) * (-1.0 / math.log(self.log_base))).clamp(max=1.0)
+        w_bg = torch.addcmul(z.new_ones(()), tail[None, :], neg_log_b, value=-1.0)
+        fg = foreground(ctx.labels, tail.numel())[:, None]
+        w = set_label_entries(torch.where(fg, (1.0 - tail)[None, :], w_bg), ctx.labels, 1.0)
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)

@@ -98,26 +98,58 @@ class SigmoidLoss(LossBase):
         return torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], dim=1)
 
 
+def label_index(labels: Tensor, num_classes: int) -> Tensor:
+    """``(R, 1)`` column of each RoI's label, background clamped onto column ``C-1`` (then masked)."""
+    return labels.clamp(max=num_classes - 1)[:, None]
+
+
 def sigmoid_targets(labels: Tensor, like: Tensor) -> Tensor:
     """``(R, C)`` one-hot of ``labels`` in ``0..C`` (dtype of ``like (R, C)``); background rows are 0."""
     c = like.shape[1]
-    return F.one_hot(labels, c + 1)[:, :c].to(like.dtype)
+    fg = (labels != c).to(like.dtype)[:, None]
+    return like.new_zeros(like.shape).scatter_(1, label_index(labels, c), fg)
 
 
-def foreground(labels: Tensor, like: Tensor) -> Tensor:
-    """``(R,)`` 0/1 in ``like``'s dtype: EQL's E(r), 1 for a foreground RoI (``like (R, C)``)."""
-    return (labels != like.shape[1]).to(like.dtype)
+def foreground(labels: Tensor, num_classes: int) -> Tensor:
+    """``(R,)`` bool: EQL's E(r), True for a foreground RoI."""
+    return labels != num_classes
 
 
-def weighted_bce(z: Tensor, y: Tensor, w: Tensor | float = 1.0) -> Tensor:
-    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` — the sigmoid family's reduction (sum over R·C, / R)."""
-    loss = F.binary_cross_entropy_with_logits(z, y, reduction="none")
-    return (loss * w).sum() / max(z.shape[0], 1)
+def set_label_entries(w: Tensor, labels: Tensor, value: float | bool) -> Tensor:
+    """``w[i, labels_i] = value`` for every foreground RoI i (in place unless ``w`` needs grad)."""
+    c = w.shape[1]
+    idx = label_index(labels, c)
+    current = w.gather(1, idx)
+    src = torch.where(foreground(labels, c)[:, None], torch.full_like(current, value), current)
+    return w.scatter(1, idx, src) if w.requires_grad else w.scatter_(1, idx, src)
 
 
-def eql_weight(fg: Tensor, tail: Tensor, y: Tensor) -> Tensor:
-    """``1 - E_i T_j (1 - y_ij)`` ``(R, C)``."""
-    return 1.0 - fg[:, None] * tail[None, :] * (1.0 - y)
+def eql_weight(labels: Tensor, t: Tensor) -> Tensor:
+    """``1 - E_i T_j (1 - y_ij)`` ``(R, C)`` for ``t (C,)`` (0/1 tail set or a soft T)."""
+    fg = foreground(labels, t.numel()).to(t.dtype)
+    return set_label_entries(1.0 - fg[:, None] * t[None, :], labels, 1.0)
+
+
+def bernoulli_keep(labels: Tensor, tail: Tensor, noise: Tensor, keep_prob: Tensor) -> Tensor:
+    """DropLoss-style keep mask ``(R, C)`` bool.
+
+    Foreground rows: EQL (keep non-tail classes and the label). Background rows: keep iff
+    ``noise_ij <= keep_prob_j`` (``keep_prob (C,)``; > 1 means always kept).
+    """
+    fg = foreground(labels, tail.numel())[:, None]
+    keep = torch.where(fg, tail[None, :] == 0, noise <= keep_prob[None, :])
+    return set_label_entries(keep, labels, True)
+
+
+def weighted_bce(z: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
+    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` — the sigmoid family's reduction (sum over R·C, / R).
+
+    A constant ``w`` is fused into the BCE kernel; a differentiable one is multiplied outside.
+    """
+    r = max(z.shape[0], 1)
+    if w is not None and w.requires_grad:
+        return (F.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum() / r
+    return F.binary_cross_entropy_with_logits(z, y, weight=w, reduction="sum") / r
 
 
 def tail_ratio(labels: Tensor, tail: Tensor, all_reduce: bool = False) -> Tensor:
@@ -128,6 +160,6 @@ def tail_ratio(labels: Tensor, tail: Tensor, all_reduce: bool = False) -> Tensor
     c = tail.numel()
     fg = labels != c
     tail_ext = torch.cat([tail, tail.new_zeros(1)])
-    counts = torch.stack([fg.sum().to(tail.dtype), (tail_ext[labels] * fg).sum()])
+    counts = torch.stack([fg.sum().to(tail.dtype), tail_ext[labels].sum()])
     counts = all_reduce_sum(counts, all_reduce)
     return counts[1] / counts[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, eql_weight, foreground, sigmoid_targets, weighted_bce
+from ltseg.losses.common import SigmoidLoss, bernoulli_keep, sigmoid_targets, weighted_bce
 
 
 @register_loss("drop_fixed")
@@ -27,10 +27,7 @@ class FixedDropLoss(SigmoidLoss):
         self.lambda_ = lambda_
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
-        c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, z)
-        fg = foreground(ctx.labels, z)
         tail = self.tail(ctx.stats, z, self.lambda_)
-        dropped = (ctx.uniform_noise(z) > 1.0 - self.drop_ratio).to(z.dtype) * tail[None, :]
-        w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - dropped)
-        return weighted_bce(z, y, w)
+        keep_prob = tail * (1.0 - self.drop_ratio) + (1.0 - tail) * 2.0  # frequent: always kept
+        keep = bernoulli_keep(ctx.labels, tail, ctx.uniform_noise(z), keep_prob)
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z), keep.to(z.dtype))

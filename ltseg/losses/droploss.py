@@ -5,9 +5,7 @@ import torch
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import (
-    SigmoidLoss, eql_weight, foreground, sigmoid_targets, tail_ratio, weighted_bce,
-)
+from ltseg.losses.common import SigmoidLoss, bernoulli_keep, sigmoid_targets, tail_ratio, weighted_bce
 
 VARIANTS = ("code", "paper")
 
@@ -44,14 +42,10 @@ class DropLoss(SigmoidLoss):
         self.lambda_ = lambda_
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
-        c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, z)
-        fg = foreground(ctx.labels, z)
         tail = self.tail(ctx.stats, z, self.lambda_)
         rho = tail_ratio(ctx.labels, tail, self.all_reduce)
-        keep_tail = torch.nan_to_num(rho, nan=1.0)
-        keep_freq = torch.nan_to_num(1.0 - rho, nan=1.0) if self.variant == "paper" else 1.0
+        keep_tail = torch.nan_to_num(rho, nan=2.0)  # no foreground RoI: keep everything
+        keep_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "paper" else 2.0
         keep_prob = tail * keep_tail + (1.0 - tail) * keep_freq
-        dropped = (ctx.uniform_noise(z) > keep_prob[None, :]).to(z.dtype)
-        w = fg[:, None] * eql_weight(fg, tail, y) + (1.0 - fg)[:, None] * (1.0 - dropped)
-        return weighted_bce(z, y, w)
+        keep = bernoulli_keep(ctx.labels, tail, ctx.uniform_noise(z), keep_prob)
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z), keep.to(z.dtype))

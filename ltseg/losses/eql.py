@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, foreground, sigmoid_targets, weighted_bce
+from ltseg.losses.common import SigmoidLoss, eql_weight, set_label_entries, sigmoid_targets, weighted_bce
 
 THRESHOLDS = ("step", "exponential", "gompertz")
 
@@ -62,13 +62,13 @@ class EqualizationLoss(SigmoidLoss):
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, z)
         t = self.class_tensor(ctx.stats, "T", z, self.t_function)
-        drop = t[None, :] * (1.0 - y)
         if self.exclude_background:
-            drop = drop * foreground(ctx.labels, z)[:, None]
+            w = eql_weight(ctx.labels, t)
+        else:
+            w = set_label_entries((1.0 - t)[None, :].repeat(z.shape[0], 1), ctx.labels, 1.0)
         if self.image_level_rule:
             if ctx.image_pos is None or ctx.image_neg is None:
                 raise ValueError("EqualizationLoss: image_level_rule needs LossContext.image_pos and image_neg")
-            drop = drop * ~(ctx.image_pos.to(z.device) | ctx.image_neg.to(z.device))
-        return weighted_bce(z, y, 1.0 - drop)
+            w = w.masked_fill(ctx.image_pos.to(z.device) | ctx.image_neg.to(z.device), 1.0)
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)

@@ -9,7 +9,9 @@ from torch import Tensor
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, foreground, sigmoid_targets, tail_ratio, weighted_bce
+from ltseg.losses.common import (
+    SigmoidLoss, foreground, set_label_entries, sigmoid_targets, tail_ratio, weighted_bce,
+)
 
 FREQ_VARIANTS = ("eq10", "text")
 
@@ -62,17 +64,13 @@ class FBSAEGL(SigmoidLoss):
         return (1.0 - self.gamma) / (1.0 - self.gamma ** n)
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
-        c = ctx.num_classes
-        y = sigmoid_targets(ctx.labels, z)
-        fg = foreground(ctx.labels, z)
         tail = self.tail(ctx.stats, z, self.lambda_)
         wf = self.class_tensor(ctx.stats, f"wf{self.gamma!r}{self.use_wf}", z, self.effective_weight)
-        confident = (torch.sigmoid(z.detach()) >= self.mu).to(z.dtype)
-        gate = torch.maximum(confident, y)
         rho = tail_ratio(ctx.labels, tail, self.all_reduce)
-        sigma_tail = torch.nan_to_num(rho, nan=2.0)
+        sigma_tail = torch.nan_to_num(rho, nan=2.0)  # no foreground RoI: wBer = 1
         sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.freq_variant == "text" else 2.0
-        keep_prob = tail * sigma_tail + (1.0 - tail) * sigma_freq
-        bernoulli = (ctx.uniform_noise(z) < keep_prob[None, :]).to(z.dtype)
-        w = wf[None, :] * gate * (fg[:, None] + (1.0 - fg)[:, None] * bernoulli)
-        return weighted_bce(z, y, w)
+        sigma = tail * sigma_tail + (1.0 - tail) * sigma_freq
+        fg = foreground(ctx.labels, tail.numel())[:, None]
+        keep = (torch.sigmoid(z.detach()) >= self.mu) & (fg | (ctx.uniform_noise(z) < sigma[None, :]))
+        w = set_label_entries(keep, ctx.labels, True).to(z.dtype).mul_(wf[None, :])
+        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)

@@ -56,4 +56,4 @@ class FederatedLoss(LossBase):
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
         chosen = self.sample_classes(ctx.labels, ctx.stats, ctx.generator)
-        return weighted_bce(z[:, :c], sigmoid_targets(ctx.labels, z[:, :c]), chosen[None, :].to(z.dtype))
+        return weighted_bce(z[:, :c], sigmoid_targets(ctx.labels, z[:, :c]), chosen.to(z.dtype)[None, :])

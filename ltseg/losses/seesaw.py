@@ -76,19 +76,18 @@ class SeesawLoss(LossBase):
         r = max(z.shape[0], 1)
         z_cls, z_obj = z[:, :c], z[:, c:]
         fg = labels != c
-        cls_labels = labels.clamp(max=c - 1)[:, None]
-        log_s = z_cls.new_zeros(())
-        if self.p > 0:
-            log_n = counts[:c].clamp(min=1.0).log()
-            log_s = (self.p * (log_n[None, :] - log_n[cls_labels]).clamp(max=0.0)).to(z.dtype)
-        if self.q > 0:
+        idx = labels.clamp(max=c - 1)[:, None]
+        log_s = torch.zeros((), dtype=z.dtype, device=z.device)
+        if self.p > 0:  # log M_ij = min(p log N_j - p log N_i, 0)
+            p_log_n = (self.p * counts[:c].clamp(min=1.0).log()).to(z.dtype)
+            log_s = (p_log_n[None, :] - p_log_n[idx]).clamp_(max=0.0)
+        if self.q > 0:  # log C_ij = q max(log σ_j - log max(σ_i, eps), 0), σ detached
             log_sigma = F.log_softmax(z_cls.detach(), dim=1)
-            log_self = log_sigma.gather(1, cls_labels).clamp(min=math.log(self.eps))
-            log_s = log_s + self.q * (log_sigma - log_self).clamp(min=0.0)
-        adjusted = z_cls + log_s
-        loss_cls = F.cross_entropy(adjusted, cls_labels.squeeze(1), reduction="none")
-        loss_obj = F.cross_entropy(z_obj, (~fg).long(), reduction="none")
-        return (loss_cls * fg).sum() / r + loss_obj.sum() / r
+            log_self = log_sigma.gather(1, idx).clamp_(min=math.log(self.eps))
+            log_s = log_sigma.sub_(log_self).clamp_(min=0.0).mul_(self.q).add_(log_s)
+        loss_cls = F.cross_entropy(z_cls + log_s, idx.squeeze(1), reduction="none")
+        loss_obj = F.cross_entropy(z_obj, (~fg).long(), reduction="sum")
+        return (loss_cls * fg).sum() / r + loss_obj / r
 
     def scores(self, logits: Tensor) -> Tensor:
         c = logits.shape[1] - 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
@@ -33,9 +34,7 @@ class SoftmaxEQL(SoftmaxLoss):
         if z.shape[0] == 0:
             return z.sum() * 0.0
         tail = self.tail(ctx.stats, z, self.lambda_) > 0
-        drop = tail[None, :] & (ctx.uniform_noise(z) <= self.gamma)
-        drop = torch.cat([drop, drop.new_zeros(z.shape[0], 1)], dim=1)
+        drop = z.new_zeros(z.shape, dtype=torch.bool)
+        drop[:, :c] = tail[None, :] & (ctx.uniform_noise(z) <= self.gamma)
         drop.scatter_(1, ctx.labels[:, None], False)
-        kept = z.masked_fill(drop, float("-inf"))
-        target = z.gather(1, ctx.labels[:, None]).squeeze(1)
-        return (torch.logsumexp(kept, dim=1) - target).mean()
+        return F.cross_entropy(z.masked_fill(drop, float("-inf")), ctx.labels)
