@@ -212,6 +212,7 @@ class LVISEvaluator:
         """Parse results (path | shard paths | list of dicts) for this evaluator's IoU type."""
         det = load_results(results, self.gt, segm=self.iou_type == "segm", workers=self.workers)
         if self.iou_type == "bbox" and len(det) and not det.has_bbox.all():
+            # lvis-api derives missing boxes (and areas) from the masks
             det = load_results(results, self.gt, segm=True, workers=self.workers)
         return det
 
@@ -222,7 +223,13 @@ class LVISEvaluator:
             warnings.warn("results are empty: every metric is 0 (or -1 where the official API gives -1)",
                           stacklevel=2)
         precision, recall = evaluate_arrays(self.gt, det, self.iou_type, self.max_dets, self.workers)
-        summary = summarize(precision, recall, self.gt.cat_freq, self.max_dets)
+        return self.metrics(precision, recall)
+
+    def metrics(self, precision: np.ndarray, recall: np.ndarray, summary: dict | None = None) -> Metrics:
+        """:class:`Metrics` from lvis-api-layout arrays (``summary`` defaults to summarising them)."""
+        if summary is None:
+            summary = summarize(precision, recall, self.gt.cat_freq, self.max_dets)
+        summary = dict(summary)
         rows = per_category(precision, recall)
         summary.update(bin_ap(rows["AP"], self.train_instance_count, self.edges))
         table = {"id": self.gt.cat_ids, "name": np.array(self.gt.cat_names, dtype=object),
