@@ -40,7 +40,7 @@ def build_dataset(data_cfg, split: str, stats: CategoryStats | None = None) -> L
                           transform=build_transform(data_cfg, split))
     expected = data_cfg.get("num_classes")
     if expected is not None and int(expected) != dataset.stats.num_classes:
-        raise ValueError(f"data.num_classes={expected} but {dataset.ann_file} defines "
+        raise ValueError(f"data.num_classes={expected} but {data_cfg.train.ann_file} defines "
                          f"{dataset.stats.num_classes} categories (set data.num_classes=null to take it from the file)")
     return dataset
 

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 MIN_BOX_SIDE = 1.0  # boxes with w or h <= this (pixels) are degenerate
 SKIP_MESSAGES = {
     "degenerate_box": f"annotations with a degenerate box (w or h <= {MIN_BOX_SIDE:g} px)",
-    "short_polygon": "polygon parts with fewer than 3 points",
+    "short_polygon": "polygon parts with fewer than 3 points (or an odd number of coordinates)",
     "no_segmentation": "annotations without a usable segmentation",
 }
 
@@ -142,6 +142,9 @@ class LVISDataset(torch.utils.data.Dataset):
         images = data["images"]
         img_index = {}
         for i, img in enumerate(images):
+            missing = [k for k in ("id", "height", "width") if k not in img]
+            if missing:
+                raise ValueError(f"{src}: image {img.get('id', f'#{i}')} has no {missing}")
             if img["id"] in img_index:
                 raise ValueError(f"{src}: duplicate image id {img['id']}")
             img_index[img["id"]] = i
@@ -179,6 +182,8 @@ class LVISDataset(torch.utils.data.Dataset):
             if ann.get("iscrowd", 0):
                 skip("crowd", a_id)
                 continue
+            if len(ann.get("bbox") or ()) != 4:
+                raise ValueError(f"{src}: annotation {a_id} has no [x, y, w, h] 'bbox'")
             x, y, w, h = (float(v) for v in ann["bbox"])
             if w <= MIN_BOX_SIDE or h <= MIN_BOX_SIDE:
                 skip("degenerate_box", a_id)

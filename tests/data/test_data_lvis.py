@@ -181,6 +181,21 @@ def test_unknown_image_id(tmp_path):
         LVISDataset(ann, root)
 
 
+def test_annotation_without_bbox(tmp_path):
+    ann, root, _ = _write_bad(tmp_path, lambda d: d["annotations"][1].pop("bbox"))
+    with pytest.raises(ValueError, match=r"ann\.json.*annotation 11.*'bbox'"):
+        LVISDataset(ann, root)
+
+
+def test_image_without_size(tmp_path):
+    ann, root, _ = write_fixture(tmp_path, "coco")
+    data = json.loads(ann.read_text())
+    del data["images"][2]["height"]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"ann\.json.*image 3 has no \['height'\]"):
+        LVISDataset(ann, root)
+
+
 def test_unknown_category_in_neg_set(tmp_path):
     ann, root, _ = _write_bad(tmp_path, lambda d: d["images"][0].update(neg_category_ids=[42]), "v1")
     with pytest.raises(ValueError, match=r"ann\.json.*image 1.*\[42\].*neg_category_ids"):
