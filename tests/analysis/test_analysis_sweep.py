@@ -1,0 +1,97 @@
+"""Sweep collection on fabricated Hydra multirun folders: table, CSV, grouping, Pareto front, plots."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ltseg.analysis import collect_runs, group_runs, mean_std_table, pareto_front, summarize_sweep
+
+
+def fake_run(root: Path, name: str, overrides: list[str], segm: dict | None, nested: bool = True) -> Path:
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if segm is not None:
+        metrics = {"bbox": {k: v / 2 for k, v in segm.items()}, "segm": segm}
+        if nested:  # the trainer writes inference/iter_<n>/metrics.json; the latest one counts
+            early = d / "inference" / "iter_0000100"
+            early.mkdir(parents=True)
+            (early / "metrics.json").write_text(json.dumps({"segm": {k: 0.0 for k in segm}}))
+            final = d / "inference" / "iter_0001000"
+            final.mkdir(parents=True)
+            (final / "metrics.json").write_text(json.dumps(metrics))
+        else:
+            (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def metrics(ap, apr, apc, apf):
+    return {"AP": ap, "APr": apr, "APc": apc, "APf": apf, "AP1": apr, "AP2": -1, "AP3": apc, "AP4": apf}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "multirun" / "2026-01-01" / "00-00-00"
+    fake_run(root, "0", ["loss=beql", "loss.log_base=2"], metrics(0.20, 0.10, 0.20, 0.25))
+    fake_run(root, "1", ["loss=beql", "loss.log_base=4"], metrics(0.25, 0.15, 0.24, 0.27), nested=False)
+    fake_run(root, "2", ["loss=beql", "loss.log_base=8"], metrics(0.22, 0.08, 0.21, 0.26))
+    fake_run(root, "3", ["loss=beql", "loss.log_base=5"], None)  # unfinished
+    return tmp_path / "multirun"
+
+
+def test_collect_picks_latest_metrics_and_reports_pending(sweep):
+    runs, pending = collect_runs(sweep)
+    assert [r.label for r in runs] == ["loss=beql loss.log_base=2", "loss=beql loss.log_base=4", "loss=beql loss.log_base=8"]
+    assert runs[0].value("segm", "APr") == 0.10  # not the iter_0000100 zeros
+    assert runs[0].value("segm", "AP2") != runs[0].value("segm", "AP2")  # -1 -> NaN
+    assert len(pending) == 1 and pending[0].name == "3"
+
+
+def test_summarize_writes_table_csv_and_plots(sweep, tmp_path):
+    out = tmp_path / "report"
+    text = summarize_sweep(sweep, out)
+    assert "| loss=beql loss.log_base=4 | 25.0 | 15.0 | 24.0 | 27.0 | 15.0 | n/a | 24.0 | 27.0 |" in text
+    assert "unfinished" in text
+    rows = list(csv.DictReader(open(out / "sweep.csv")))
+    assert len(rows) == 6 and {r["iou_type"] for r in rows} == {"bbox", "segm"}
+    for name in ("pareto_apr_apf_segm.png", "pareto_apc_apf_segm.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front():
+    pts = [(0.25, 0.10), (0.27, 0.15), (0.26, 0.08), (0.30, 0.05), (float("nan"), 0.9)]
+    assert pareto_front(pts) == [1, 3]
+    assert pareto_front([(1, 1), (1, 1)]) == [0, 1]  # ties do not dominate each other
+
+
+def test_group_over_seeds_mean_and_std(tmp_path):
+    for s, apr in enumerate([0.10, 0.20, 0.30]):
+        fake_run(tmp_path, f"a{s}", ["loss=eql", f"seed={s}"], metrics(0.2, apr, 0.2, 0.2))
+    fake_run(tmp_path, "b0", ["loss=ce", "seed=0"], metrics(0.2, 0.05, 0.2, 0.2))
+    runs, _ = collect_runs(tmp_path)
+    groups = group_runs(runs)
+    assert {k: len(v) for k, v in groups.items()} == {"loss=eql": 3, "loss=ce": 1}
+    table = mean_std_table(groups)
+    assert "| loss=eql | 3 | 20.0 ± 0.0 | 20.0 ± 10.0 |" in table
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        collect_runs(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no runs found"):
+        collect_runs(tmp_path)
+    d = fake_run(tmp_path, "x", ["loss=ce"], None)
+    (d / "metrics.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"x/metrics.json: not a readable"):
+        collect_runs(tmp_path)
+
+
+def test_cli(sweep, tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "collect_sweep.py"
+    ok = subprocess.run([sys.executable, str(script), str(sweep), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert ok.returncode == 0 and "loss.log_base=8" in ok.stdout
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
