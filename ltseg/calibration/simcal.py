@@ -145,9 +145,12 @@ class SimCal(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]],
-                orig_sizes: list[tuple[int, int]]) -> dict[str, list[dict]]:
-        """``{"orig" | "cal" | "dual": per-image outputs}`` in the model's inference format."""
+    def score_variants(self, model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]]):
+        """Test-time RoIs scored three ways.
+
+        Returns FPN features, the last stage's per-image input boxes, its decoded boxes
+        ``(R, 1|C, 4)`` and ``{"orig" | "cal" | "dual": (R, C+1) probabilities}``.
+        """
         features = model.fpn(model.backbone(images))
         proposals, _ = model.rpn(features, image_sizes)
         features = features[: model.num_pooled_levels]
@@ -163,9 +166,17 @@ class SimCal(nn.Module):
                for k, s in enumerate(scores)]
         p_orig, p_cal = torch.stack(scores).mean(0), torch.stack(cal).mean(0)
         probs = {"orig": p_orig, "cal": p_cal, "dual": combine_scores(p_orig, p_cal, self.use_cal, self.combine)}
+        return features, inputs[-1], boxes, probs
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]],
+                orig_sizes: list[tuple[int, int]]) -> dict[str, list[dict]]:
+        """``{"orig" | "cal" | "dual": per-image outputs}`` in the model's inference format."""
+        features, rois, boxes, probs = self.score_variants(model, images, image_sizes)
+        rh = model.roi_heads
         out = {}
         for name, p in probs.items():
-            detections = rh.predict_masks(features, rh.detect(boxes, p, inputs[-1], image_sizes))
+            detections = rh.predict_masks(features, rh.detect(boxes, p, rois, image_sizes))
             for det, size, orig in zip(detections, image_sizes, orig_sizes):
                 det["boxes"] = postprocess.rescale_boxes(det["boxes"], size, orig)
                 det["masks"] = postprocess.encode_masks(det.pop("mask_probs"), det["boxes"], orig, rh.mask_threshold)
