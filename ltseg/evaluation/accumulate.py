@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .params import AREA_LBL, EPS, FREQ_LBL, IOU_THRS, REC_THRS
+from .params import AREA_LBL, EPS, FREQ_LBL, IOU_THRS, MAX_DETS, REC_THRS
 
 
 def accumulate(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndarray,
@@ -73,8 +73,13 @@ def _mean_valid(s: np.ndarray) -> float:
     return -1.0 if len(v) == 0 else float(np.mean(v))
 
 
-def summarize(precision: np.ndarray, recall: np.ndarray, freq: np.ndarray, max_dets: int = 300) -> dict:
-    """The LVIS summary metrics, indexed exactly as lvis-api ``_summarize`` (for bit-exact means)."""
+def summarize(precision: np.ndarray, recall: np.ndarray, freq: np.ndarray) -> dict:
+    """The LVIS summary metrics, indexed exactly as lvis-api ``_summarize`` (for bit-exact means).
+
+    The AR keys say ``@300`` whatever the cap: lvis-api labels them with its fixed
+    ``Params.max_dets`` (the cap itself lives in ``LVISResults``).
+    """
+    max_dets = MAX_DETS
     groups = [[k for k, f in enumerate(freq) if f == g] for g in FREQ_LBL]
 
     def ap(iou_thr=None, area="all", group=None):

@@ -228,7 +228,7 @@ class LVISEvaluator:
     def metrics(self, precision: np.ndarray, recall: np.ndarray, summary: dict | None = None) -> Metrics:
         """:class:`Metrics` from lvis-api-layout arrays (``summary`` defaults to summarising them)."""
         if summary is None:
-            summary = summarize(precision, recall, self.gt.cat_freq, self.max_dets)
+            summary = summarize(precision, recall, self.gt.cat_freq)
         summary = dict(summary)
         rows = per_category(precision, recall)
         summary.update(bin_ap(rows["AP"], self.train_instance_count, self.edges))

@@ -23,6 +23,8 @@ import pycocotools.mask as mask_utils
 from .gt import GroundTruth
 from .parallel import default_workers, parallel_map
 
+SPLIT_BYTES = 1 << 22          # files above this are parsed in pieces, in parallel
+PIECE_BYTES = 1 << 26          # at most this much JSON is held as Python objects per worker
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _image_id = itemgetter("image_id")
 _category_id = itemgetter("category_id")
@@ -299,7 +301,7 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
             data = path.read_bytes()
             if not data.strip():
                 raise ValueError(f"{path}: empty file; results must be a JSON list of detections")
-            pieces = workers if len(data) > (1 << 22) else 1
+            pieces = max(workers, -(-len(data) // PIECE_BYTES)) if len(data) > SPLIT_BYTES else 1
             try:
                 spans = _split(data, str(path), pieces)
             except ValueError:
