@@ -95,3 +95,32 @@ def test_cli(sweep, tmp_path):
     assert ok.returncode == 0 and "loss.log_base=8" in ok.stdout
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_loss_report_verdicts_and_files(tmp_path):
+    from ltseg.analysis.loss_report import write_loss_report
+
+    for s in range(3):
+        fake_run(tmp_path / "runs", f"bce{s}", ["loss=bce", f"seed={s}"], metrics(0.2, 0.10 + 0.01 * s, 0.2, 0.3))
+        fake_run(tmp_path / "runs", f"eql{s}", ["loss=eql", f"seed={s}"], metrics(0.2, 0.20 + 0.01 * s, 0.2, 0.3))
+        fake_run(tmp_path / "runs", f"drop{s}", ["loss=droploss", f"seed={s}"], metrics(0.2, 0.10 - 0.01 * s, 0.2, 0.3))
+        fake_run(tmp_path / "runs", f"ce{s}", ["loss=ce", f"seed={s}"], metrics(0.2, 0.10, 0.2, 0.3))
+        fake_run(tmp_path / "runs", f"see{s}", ["loss=seesaw", f"seed={s}"], metrics(0.2, 0.10 + 0.02 * (s - 1), 0.2, 0.3))
+    runs, _ = collect_runs(tmp_path / "runs")
+    md = write_loss_report(runs, tmp_path / "r" / "report.md", tmp_path / "r" / "pareto.png", "# t")
+    assert "| eql | bce | +10.0 |" in md and md.split("| eql | bce |")[1].split("\n")[0].endswith("| yes |")
+    assert md.split("| droploss | bce |")[1].split("\n")[0].endswith("| no |")
+    assert md.split("| seesaw | ce |")[1].split("\n")[0].endswith("| no |")
+    assert (tmp_path / "r" / "pareto.png").is_file() and "| loss=eql | 3 |" in md
+
+
+def test_bench_losses_synthetic_dry_run(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses_synthetic.py"
+    res = subprocess.run([sys.executable, str(script), "--losses", "eql", "ce", "--seeds", "0", "1", "--out", str(tmp_path),
+                          "--dry-run", "--", "schedule.max_iter=10"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stdout.splitlines() if "ltseg.train" in l]
+    assert len(lines) == 4 and all("schedule.max_iter=10" in l for l in lines)
+    assert f"loss=eql seed=1 hydra.run.dir={tmp_path}/eql/seed1" in lines[1]
+    bad = subprocess.run([sys.executable, str(script), "--losses", "nope", "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "available:" in bad.stderr
