@@ -123,3 +123,21 @@ def test_unknown_loss_lists_available():
 def test_bad_hyperparameters(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_all_reduce_path_sums_over_processes(monkeypatch):
+    # simulate two identical DDP ranks: all_reduce doubles every count
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", lambda t: (calls.append(t.shape), t.mul_(2)))
+    z = torch.randn(8, C)
+    u = torch.rand(8, C, generator=torch.Generator().manual_seed(0))
+    c = LossContext(LABELS, small_stats(), noise=u)
+    torch.testing.assert_close(losses.DropLoss(all_reduce=True)(z, c), losses.DropLoss()(z, c))  # ρ = 2a / 2b
+    torch.testing.assert_close(losses.FBSAEGL(all_reduce=True)(z, c), losses.FBSAEGL()(z, c))
+    seesaw = losses.SeesawLoss(all_reduce=True)
+    seesaw(torch.randn(8, C + 2), c)
+    torch.testing.assert_close(seesaw.cum_samples, 2 * torch.bincount(LABELS, minlength=C + 1).double())
+    assert len(calls) == 3
