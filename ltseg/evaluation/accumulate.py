@@ -103,14 +103,20 @@ def summarize(precision: np.ndarray, recall: np.ndarray, freq: np.ndarray) -> di
 
 
 def per_category(precision: np.ndarray, recall: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-category AP, AP50, AP75, AR (area all); -1 for categories without GT. ``(K,)`` each."""
+    """Per-category AP, AP50, AP75, AR (area all); -1 for categories without GT. ``(K,)`` each.
+
+    ``AP_k = np.mean(precision[:, :, k, all][> -1])`` (SimCal's ``_summarize_per_cate``). A
+    category with GT fills all its entries, so this is a mean over one contiguous row per
+    category (the same pairwise summation as the 1-D mean), computed for all rows at once.
+    """
     def mean_k(s: np.ndarray) -> np.ndarray:           # s: (..., K) -> (K,)
-        s = s.reshape(-1, s.shape[-1])
-        valid = s > -1
-        cnt = valid.sum(0)
-        out = np.full(s.shape[1], -1.0)
-        for k in np.flatnonzero(cnt):                 # per category, like SimCal's np.mean
-            out[k] = float(np.mean(s[valid[:, k], k]))
+        rows = np.ascontiguousarray(s.reshape(-1, s.shape[-1]).T)
+        valid = rows > -1
+        out = rows.mean(axis=1)
+        full = valid.all(1)
+        out[~valid.any(1)] = -1.0
+        for k in np.flatnonzero(valid.any(1) & ~full):   # partial rows: never for LVIS arrays
+            out[k] = float(np.mean(rows[k][valid[k]]))
         return out
 
     return {"AP": mean_k(precision[:, :, :, 0]), "AP50": mean_k(precision[0, :, :, 0]),

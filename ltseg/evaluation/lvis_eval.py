@@ -15,10 +15,10 @@ import pycocotools.mask as mask_utils
 from .accumulate import accumulate, per_category, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
-from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_pairs
+from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_groups
 from .parallel import default_workers
 from .params import AREA_RNG, MAX_DETS
-from .results import Detections, load_results
+from .results import Detections, load_results, rle_area
 
 IOU_TYPES = ("bbox", "segm")
 
@@ -113,14 +113,23 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     keep = keep[d_cat[keep] >= 0]
     key = d_img[keep] * num_k + d_cat[keep]
     keep = keep[np.isin(key, pos_keys) | np.isin(key, gt.neg_keys)]
-    area = det.mask_area(keep) if mask_area else det.bbox[keep, 2] * det.bbox[keep, 3]
+    rles = None
+    if mask_area:
+        rles = det.rles(keep)
+        area = rle_area(rles)
+    else:
+        area = det.bbox[keep, 2] * det.bbox[keep, 3]
     ok = (area > 0) & (area < np.inf)
     keep, d_area = keep[ok], area[ok]
+    if rles is not None:
+        rles = [r for r, k in zip(rles, ok.tolist()) if k]
 
     img, cat, score = d_img[keep], d_cat[keep], det.score[keep]
     key = img * num_k + cat
     order = np.lexsort((keep, -score, key))          # groups, then (score desc, input order)
     keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
+    if rles is not None:
+        rles = [rles[j] for j in order.tolist()]
     n = len(keep)
 
     g_order = np.argsort(gt_key, kind="stable")      # groups, JSON order inside
@@ -147,23 +156,20 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     if iou_type == "bbox":
         iou = box_iou_pairs(det.bbox[keep[rows]][p_det], gt.ann_bbox[g_order][p_gt])
     else:
-        m_gt = np.unique(p_gt)                        # GT rows that meet a detection
         g_img = gt.ann_img[g_order]
-        hw = gt.image_hw
-        segm = gt.ann_segm
+        hw, segm = gt.image_hw, gt.ann_segm
+        row_rles = [rles[j] for j in rows.tolist()]
 
-        def dt_rles(a, b, _rows=keep[rows]):
-            return det.rles(_rows[a:b])
+        def dt_rles(a, b):
+            return row_rles[a:b]
 
         def gt_rles(a, b):
-            out = []
-            for j in m_gt[a:b]:
-                i = g_img[j]
-                out.append(gt_to_rle(segm[g_order[j]], int(hw[i, 0]), int(hw[i, 1])))
-            return out
+            return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
+                    for j in range(a, b)]
 
-        local_gt = np.searchsorted(m_gt, p_gt)
-        iou = mask_iou_pairs(p_det, local_gt, img[rows], g_img[m_gt], dt_rles, gt_rles, workers)
+        m_start = np.searchsorted(r_group, np.arange(len(groups)))
+        m_num = np.searchsorted(r_group, np.arange(len(groups)), side="right") - m_start
+        iou = mask_iou_groups(m_start, m_num, g_start, g_num, dt_rles, gt_rles, workers)
 
     match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
     num_a, num_t = match.shape[1], match.shape[2]

@@ -36,39 +36,33 @@ def gt_to_rle(segm, h: int, w: int) -> dict:
     return segm
 
 
-def _mask_iou_images(task) -> np.ndarray:
-    """Per image: the full (dets x GTs) mask-IoU block, flattened; blocks concatenated."""
-    dt_rles, gt_rles, det_bounds, gt_bounds = task
-    out = []
-    for (da, db), (ga, gb) in zip(det_bounds, gt_bounds):
-        ious = mask_utils.iou(dt_rles(da, db), gt_rles(ga, gb), [0] * (gb - ga))
-        out.append(np.asarray(ious, dtype=np.float64).reshape(-1))
+def _mask_iou_groups(task) -> np.ndarray:
+    """Mask IoU blocks (dets x GTs, row-major) of consecutive groups, concatenated."""
+    dt_rles, gt_rles, d_bounds, g_bounds = task
+    out = [np.asarray(mask_utils.iou(dt_rles(da, db), gt_rles(ga, gb), [0] * (gb - ga)),
+                      dtype=np.float64).reshape(-1)
+           for (da, db), (ga, gb) in zip(d_bounds, g_bounds)]
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def mask_iou_pairs(pair_det: np.ndarray, pair_gt: np.ndarray, det_img: np.ndarray, gt_img: np.ndarray,
-                   dt_rles, gt_rles, workers: int) -> np.ndarray:
-    """Mask IoU of the given (det row, GT row) pairs through pycocotools' ``rleIou``.
+def mask_iou_groups(d_start: np.ndarray, d_num: np.ndarray, g_start: np.ndarray, g_num: np.ndarray,
+                    dt_rles, gt_rles, workers: int) -> np.ndarray:
+    """Mask IoU through pycocotools' ``rleIou`` for every (image, category) group, ``(P,)``.
 
-    ``det_img``/``gt_img`` are sorted image indices of the matching det/GT rows; ``dt_rles(a, b)``
-    and ``gt_rles(a, b)`` return the RLE dicts of rows ``a:b``. One ``iou`` call per image.
+    Group ``g`` pairs its det rows ``d_start[g]:+d_num[g]`` with its GT rows
+    ``g_start[g]:+g_num[g]``; the output is each group's (dets x GTs) block, row-major, groups
+    in order (the pair layout :func:`greedy_match` reads). ``dt_rles(a, b)`` / ``gt_rles(a, b)``
+    give the RLE dicts of rows ``a:b``. Groups are spread over ``workers`` forked processes.
     """
-    imgs = np.unique(det_img)
-    da = np.searchsorted(det_img, imgs)
-    db = np.searchsorted(det_img, imgs, side="right")
-    ga = np.searchsorted(gt_img, imgs)
-    gb = np.searchsorted(gt_img, imgs, side="right")
-    block = (db - da) * (gb - ga)
-    offset = np.concatenate([[0], np.cumsum(block)])
-    # balance the images over workers by block size (a rough cost proxy)
-    pieces = max(1, min(workers, len(imgs)))
-    cut = np.searchsorted(offset[1:], np.linspace(0, offset[-1], pieces + 1)[1:-1])
-    groups = np.split(np.arange(len(imgs)), cut + 1) if pieces > 1 else [np.arange(len(imgs))]
-    tasks = [(dt_rles, gt_rles, list(zip(da[g].tolist(), db[g].tolist())),
-              list(zip(ga[g].tolist(), gb[g].tolist()))) for g in groups if len(g)]
-    flat = np.concatenate(parallel_map(_mask_iou_images, tasks, workers)) if tasks else np.zeros(0)
-    k = np.searchsorted(imgs, det_img[pair_det])
-    return flat[offset[k] + (pair_det - da[k]) * (gb[k] - ga[k]) + (pair_gt - ga[k])]
+    if len(d_start) == 0:
+        return np.zeros(0)
+    cost = np.cumsum(d_num * g_num + d_num + g_num)
+    pieces = max(1, min(workers, len(d_start)))
+    cut = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1])
+    groups = [g for g in np.split(np.arange(len(d_start)), cut) if len(g)]
+    tasks = [(dt_rles, gt_rles, list(zip(d_start[g].tolist(), (d_start[g] + d_num[g]).tolist())),
+              list(zip(g_start[g].tolist(), (g_start[g] + g_num[g]).tolist()))) for g in groups]
+    return np.concatenate(parallel_map(_mask_iou_groups, tasks, workers))
 
 
 def greedy_match(iou: np.ndarray, pair_start: np.ndarray, det_group: np.ndarray, det_rank: np.ndarray,

@@ -39,8 +39,7 @@ _size = itemgetter("size")
 class Detections:
     """``N`` detections in input order (shards concatenated in the order given).
 
-    Detection ``n``'s RLE ``counts`` is ``buffers[buf[n]][cstart[n]:cend[n]]`` (JSON-escaped
-    backslashes still doubled where ``escaped[n]``).
+    Detection ``n``'s RLE ``counts`` is ``buffers[buf[n]][cstart[n]:cend[n]]``.
     """
 
     image_id: np.ndarray      # (N,) int64
@@ -54,7 +53,6 @@ class Detections:
     buf: np.ndarray           # (N,) int64 buffer index
     cstart: np.ndarray        # (N,) int64
     cend: np.ndarray          # (N,) int64
-    escaped: np.ndarray       # (N,) bool
     sources: list             # (name, first index) per shard, for error messages
     first_has_bbox: bool = True
 
@@ -69,21 +67,12 @@ class Detections:
                 src, start = s, first
         return f"{src}[{n - start}]"
 
-    def rle(self, n: int) -> dict:
-        c = self.buffers[self.buf[n]][self.cstart[n]:self.cend[n]]
-        if self.escaped[n]:
-            c = c.replace(b"\\\\", b"\\")
-        return {"size": [int(self.seg_hw[n, 0]), int(self.seg_hw[n, 1])], "counts": c}
-
     def rles(self, rows: np.ndarray) -> list:
-        return [self.rle(n) for n in rows.tolist()]
-
-    def mask_area(self, rows: np.ndarray) -> np.ndarray:
-        """Pixel counts of the masks of ``rows``, float64 (NaN where a det has no mask)."""
-        out = np.full(len(rows), np.nan)
-        has = self.has_segm[rows]
-        out[has] = rle_area(self.rles(rows[has]))
-        return out
+        """Compressed-RLE dicts (pycocotools format) of detections ``rows``."""
+        bufs = self.buffers
+        return [{"size": [h, w], "counts": bufs[b][s:e]} for b, s, e, h, w in zip(
+            self.buf[rows].tolist(), self.cstart[rows].tolist(), self.cend[rows].tolist(),
+            self.seg_hw[rows, 0].tolist(), self.seg_hw[rows, 1].tolist())]
 
 
 def rle_area(rles: list) -> np.ndarray:
@@ -257,8 +246,7 @@ def _parse(ch: _Chunk) -> dict:
                    "RLE counts is not an ASCII string") from None
     lens = np.fromiter(map(len, counts), dtype=np.int64, count=n)
     ends = np.cumsum(lens)
-    out.update(has_segm=has_segm, hw=hw, buffer=buf, cstart=ends - lens, cend=ends,
-               escaped=np.zeros(n, bool))
+    out.update(has_segm=has_segm, hw=hw, buffer=buf, cstart=ends - lens, cend=ends)
     return out
 
 
@@ -359,7 +347,7 @@ def _assemble(chunks: list, parts: list[dict], sources: list, segm: bool, gt: Gr
         e = np.zeros(0)
         z = np.zeros(0, np.int64)
         return Detections(z, z, e, np.zeros((0, 4)), np.zeros(0, bool), np.zeros(0, bool),
-                          np.zeros((0, 2), np.int64), [], z, z, z, np.zeros(0, bool), sources)
+                          np.zeros((0, 2), np.int64), [], z, z, z, sources)
 
     def cat(key, fill):
         return np.concatenate([p[key] if segm else fill(p["n"]) for p, _ in use])
@@ -376,7 +364,6 @@ def _assemble(chunks: list, parts: list[dict], sources: list, segm: bool, gt: Gr
         buf=np.concatenate([np.full(p["n"], b, np.int64) for p, b in use]),
         cstart=cat("cstart", lambda m: np.zeros(m, np.int64)),
         cend=cat("cend", lambda m: np.zeros(m, np.int64)),
-        escaped=cat("escaped", lambda m: np.zeros(m, bool)),
         sources=sources,
         first_has_bbox=use[0][0]["first_has_bbox"],
     )
