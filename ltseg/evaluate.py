@@ -6,6 +6,7 @@ asks for inference.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def run(cfg: dict) -> dict:
             raise RuntimeError("checkpoint= needs ltseg.engine.inference.predict_checkpoint, which "
                                f"could not be imported ({e}); pass results=PATH instead") from e
         results = predict_checkpoint(cfg["checkpoint"], list(cfg.get("overrides") or []))
+        if int(os.environ.get("RANK", "0")) != 0:     # under torchrun only rank 0 evaluates
+            return {}
     if not results:
         raise ValueError("results=PATH (or checkpoint=PATH) is required")
     iou_types = cfg.get("iou_types") or ["bbox", "segm"]

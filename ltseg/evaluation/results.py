@@ -165,7 +165,7 @@ def _loads(raw: bytes, source: str):
 def _fixed_lists(lists, n: int, width: int, dtype) -> np.ndarray:
     """``n`` lists of ``width`` numbers -> ``(n, width)`` array; ValueError on a wrong length."""
     lists = list(lists)
-    if not all(len(v) == width for v in lists):
+    if n and set(map(len, lists)) != {width}:
         raise ValueError("wrong list length")
     return np.fromiter(chain.from_iterable(lists), dtype, n * width).reshape(n, width)
 
