@@ -1,9 +1,9 @@
 """Shared pieces of the loss library: the two head families, targets, tail sets, batch ratios.
 
 Every loss subclasses :class:`SoftmaxLoss` or :class:`SigmoidLoss` (or ``LossBase`` for its
-own layout) and implements ``compute(z, ctx)`` on validated float32 logits ``z``; ``forward``
-adds the checks (statistics present and from the training split, shape, finiteness) and
-turns autocast off so every loss runs in float32.
+own layout) and implements ``compute(z, ctx)`` on validated logits ``z``; ``forward`` adds the
+checks (statistics present and from the training split, shape, finiteness) and turns autocast
+off: half / bfloat16 / float32 logits are computed in float32, float64 logits stay float64.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def all_reduce_sum(t: Tensor, enabled: bool) -> Tensor:
 
 
 class LossBase(ClassificationLoss):
-    """Validation, float32 and a per-device cache of class tensors derived from the stats."""
+    """Validation, autocast off, and a per-device cache of class tensors derived from the stats."""
 
     def __init__(self) -> None:
         super().__init__()
