@@ -1,7 +1,8 @@
 """Process-group set-up and the few collectives the trainer uses.
 
 Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``); without those variables everything runs as a single process. NCCL on CUDA,
+``MASTER_PORT``) or as a multi-task SLURM job through hydra-submitit-launcher; without those
+variables everything runs as a single process. NCCL on CUDA,
 gloo on CPU. Every collective here runs under the process group's timeout and turns a timeout
 into an error that says another rank probably died, instead of hanging forever.
 """
@@ -47,8 +48,21 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
 
 
+def export_submitit_env() -> None:
+    """Inside a multi-task SLURM job started by submitit (hydra-submitit-launcher), set torchrun's
+    variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from SLURM's."""
+    if "WORLD_SIZE" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Join the process group described by torchrun's environment (no-op for one process)."""
+    """Join the process group described by torchrun's environment (or a submitit SLURM job's);
+    a no-op for one process."""
+    export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -61,7 +61,8 @@ class Trainer:
             dict of scalar losses from ``model(images, image_sizes, targets)``.
         optimizer, scheduler: from :mod:`ltseg.engine.optim` (scheduler stepped every iteration).
         data_loader: iterable of ``Batch`` for this rank (per-rank batch), infinite.
-        sampler: the loader's sampler (``state_dict``/``load_state_dict``) or None.
+        sampler: the loader's sampler, or None. The data position is checkpointed through
+            ``data_loader.state_dict()`` when the loader has one, else ``sampler.state_dict()``.
         cfg: the ``trainer`` config section (see conf/config.yaml).
         max_iter: iterations to train; images_per_batch: global batch (for img/s).
         output_dir: run folder (checkpoints, metrics.jsonl, tensorboard/).
@@ -69,7 +70,10 @@ class Trainer:
         config_yaml: the resolved config, stored in every checkpoint.
         evaluate_fn: ``evaluate_fn(model, iteration) -> {iou_type: {metric: value}} | None``
             (called on every rank; rank 0 gets the metrics), or None.
-        loss_generator: the ``torch.Generator`` stochastic losses draw from (checkpointed).
+        generators: named ``torch.Generator`` s the model draws from (``loss``: stochastic losses,
+            ``sampling``: anchor/RoI samplers); their states are checkpointed per rank.
+        extra_state: plain-Python entries stored in every checkpoint (e.g. ``stats``: the
+            training CategoryStats as a dict, so evaluation needs no training annotations).
     """
 
     def __init__(
@@ -86,7 +90,8 @@ class Trainer:
         dist_info: du.DistInfo = du.DistInfo(),
         config_yaml: str = "",
         evaluate_fn: Callable[[nn.Module, int], dict | None] | None = None,
-        loss_generator: torch.Generator | None = None,
+        generators: Mapping[str, torch.Generator] | None = None,
+        extra_state: Mapping[str, Any] | None = None,
     ) -> None:
         self.log = get_logger()
         self.cfg = cfg
@@ -102,7 +107,9 @@ class Trainer:
         self.device = dist_info.device
         self.config_yaml = config_yaml
         self.evaluate_fn = evaluate_fn
-        self.loss_generator = loss_generator
+        self.generators = dict(generators or {})
+        self.extra_state = dict(extra_state or {})
+        self.data_state = data_loader if hasattr(data_loader, "state_dict") else sampler
         amp = "off" if cfg["amp"] is False else str(cfg["amp"])  # YAML reads a bare `off` as false
         if amp not in AMP_DTYPES:
             raise ValueError(f"trainer.amp must be one of {sorted(AMP_DTYPES)}, got {cfg['amp']!r}")
@@ -113,6 +120,7 @@ class Trainer:
         self.skipped_steps = 0
         self.corrupt_skipped = 0
         self.stop_signal: int | None = None
+        self._previous_handlers: dict = {}
 
         if cfg["channels_last"]:
             model.to(memory_format=torch.channels_last)
@@ -295,10 +303,15 @@ class Trainer:
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal on another rank"
         self.log.warning(f"stopping at iteration {self.iteration} on {name}: writing a checkpoint")
         self.save(checkpoint_name(self.iteration))
+        chained = self._previous_handlers.get(self.stop_signal)
+        if self.stop_signal == getattr(signal, "SIGUSR1", None) and callable(chained):  # e.g. submitit: requeue the job, which resumes with resume=auto
+            chained(self.stop_signal, None)
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT set ``stop_signal``; a second SIGINT raises KeyboardInterrupt at once."""
+        """SIGTERM/SIGINT set ``stop_signal``; a second SIGINT raises KeyboardInterrupt at once.
+        SIGUSR1 too when a launcher installed a handler for it (submitit's requeue on SLURM
+        time-out): the checkpoint is written first, then that handler runs."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
@@ -307,23 +320,25 @@ class Trainer:
                 raise KeyboardInterrupt
             self.stop_signal = signum
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        signals = [signal.SIGTERM, signal.SIGINT]
+        if hasattr(signal, "SIGUSR1") and callable(signal.getsignal(signal.SIGUSR1)):
+            signals.append(signal.SIGUSR1)
+        self._previous_handlers = {s: signal.signal(s, on_signal) for s in signals}
 
         def restore() -> None:
-            for s, handler in previous.items():
+            for s, handler in self._previous_handlers.items():
                 signal.signal(s, handler)
 
         return restore
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resume needs; per-rank parts (RNGs, sampler) gathered from all ranks."""
-        mine = {"rng": rng_state()}
-        if self.sampler is not None and hasattr(self.sampler, "state_dict"):
-            mine["sampler"] = self.sampler.state_dict()
-        if self.loss_generator is not None:
-            mine["loss_generator"] = self.loss_generator.get_state()
+        """Everything a resume needs; per-rank parts (RNGs, data position) gathered from all ranks."""
+        mine = {"rng": rng_state(), "generators": {k: g.get_state() for k, g in self.generators.items()}}
+        if self.data_state is not None:
+            mine["data"] = self.data_state.state_dict()
         return {
+            **self.extra_state,
             "iteration": self.iteration,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -372,10 +387,11 @@ class Trainer:
         else:
             mine = per_rank[self.dist.rank]
             set_rng_state(mine["rng"])
-            if "sampler" in mine and self.sampler is not None:
-                self.sampler.load_state_dict(mine["sampler"])
-            if "loss_generator" in mine and self.loss_generator is not None:
-                self.loss_generator.set_state(mine["loss_generator"])
+            if "data" in mine and self.data_state is not None:
+                self.data_state.load_state_dict(mine["data"])
+            for name, g in self.generators.items():
+                if name in mine["generators"]:
+                    g.set_state(mine["generators"][name])
         self.log.info(f"resumed from {path} at iteration {self.iteration}")
 
     def resume_or_start(self, resume: bool | str) -> None:
