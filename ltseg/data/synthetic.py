@@ -190,7 +190,7 @@ def _render_split(plans: list[ImagePlan], split: str, categories, p: SyntheticPa
 
 
 def _lvis_dict(split: str, plans: list[ImagePlan], per_image: list[list[dict]],
-               categories, category_fields: list[dict], p: SyntheticParams) -> dict:
+               p: SyntheticParams) -> dict:
     images, annotations = [], []
     for plan, anns in zip(plans, per_image):
         present = {a["category"] for a in anns}
@@ -218,7 +218,7 @@ def _lvis_dict(split: str, plans: list[ImagePlan], per_image: list[list[dict]],
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": category_fields,
+        "categories": [],  # filled from the training split by category_fields
     }
 
 
@@ -265,7 +265,7 @@ def generate(out_dir: str | Path, params: SyntheticParams, workers: int = 0) -> 
             image_dir = out / "images" / split
             image_dir.mkdir(parents=True, exist_ok=True)
             rendered[split] = _render_split(plan[split], split, categories, params, image_dir, pool)
-    data = {s: _lvis_dict(s, plan[s], rendered[s], categories, [], params) for s in rendered}
+    data = {s: _lvis_dict(s, plan[s], rendered[s], params) for s in rendered}
     fields = category_fields(categories, data["train"]["annotations"])
     for split, d in data.items():
         d["categories"] = fields

@@ -334,3 +334,16 @@ def test_data_config_exposes_every_generator_parameter_with_the_code_defaults():
                 "min_size_test", "max_size_test", "flip_prob", "bins"):
         assert key in resolved
     assert resolved["size_divisibility"] == 32 and resolved["bins"] == "lvis"
+
+
+def test_learnability_probe_trains_on_box_crops(tiny):
+    from ltseg.data.synthetic_probe import probe
+
+    paths, data = tiny
+    root = Path(paths["train"]["ann_file"]).parent
+    result = probe(root, epochs=3, crop=16)
+    assert result["train_crops"] == len(data["train"]["annotations"])
+    assert result["val_crops"] == len(data["val"]["annotations"])
+    assert result["accuracy"] > 2.0 / TINY["num_categories"]  # well above chance
+    for g in "rcf":
+        assert 0.0 <= result[f"class_accuracy_{g}"] <= 1.0
