@@ -354,11 +354,14 @@ def ensure_synthetic(root: str, workers: int = 0, verbose: bool = True, **params
     with _locked(root.parent / f".{root.name}.lock"):
         if _stored_digest(root) == digest:
             return _paths(root)
-        if root.exists() and any(root.iterdir()) and _stored_digest(root) is None:
+        if (root.exists() and (not root.is_dir() or any(root.iterdir()))
+                and _stored_digest(root) is None):
             raise FileExistsError(f"{root}: exists and is not a synthetic dataset folder "
                                   "(no params.json); choose another data.generator.root")
+        for kind in ("tmp", "old"):  # left by killed runs; we hold the lock
+            for stale in root.parent.glob(f".{root.name}.{kind}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         if verbose:
             print(f"[ltseg] generating the synthetic dataset into {root} ...", file=sys.stderr)
         stats = generate(tmp, p, workers)

@@ -253,15 +253,19 @@ def test_ensure_synthetic_reuses_regenerates_and_refuses(tmp_path):
     stamp = (root / "train.json").stat().st_mtime_ns
     assert ensure_synthetic(str(root), workers=1, verbose=False, **small) == paths
     assert (root / "train.json").stat().st_mtime_ns == stamp
+    (tmp_path / "cache" / ".synth.tmp-999999").mkdir()  # as left by a killed run
     ensure_synthetic(str(root), workers=1, verbose=False, **{**small, "seed": 2})
     assert json.loads((root / "train.json").read_text())["info"]["params"]["seed"] == 2
-    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".synth.tmp")] == []
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".synth.lock", "synth"]
     other = tmp_path / "not_a_dataset"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not_a_dataset"):
         ensure_synthetic(str(other), workers=1, verbose=False, **small)
     assert (other / "notes.txt").read_text() == "mine"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match="a_file"):
+        ensure_synthetic(str(tmp_path / "a_file"), workers=1, verbose=False, **small)
 
 
 def _ensure_in_child(root, queue):
