@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 from .category_stats import frequency_group
 from .synthetic_plan import (ImagePlan, assign, choose_categories, confusable, plan_split,
                              power_law_counts, val_counts)
@@ -77,7 +78,7 @@ class SyntheticParams:
             or 1 <= self.max_image_count <= self.train_images,
             "min_val_images": 1 <= self.min_val_images <= self.val_images,
             "object_size": len(self.object_size) == 2
-            and 0.0 < self.object_size[0] <= self.object_size[1] <= 0.9,
+            and 0.0 < self.object_size[0] <= self.object_size[1] <= 0.8,
             "max_objects": 2 <= self.max_objects,
             "multi_instance_prob": 0.0 <= self.multi_instance_prob <= 1.0,
             "min_visible": 0.0 < self.min_visible <= 1.0,
@@ -182,11 +183,12 @@ def _file_name(image_id: int) -> str:
 
 
 def _render_split(plans: list[ImagePlan], split: str, categories, p: SyntheticParams,
-                  image_dir: Path, pool) -> list[list[dict]]:
+                  image_dir: Path, pool, progress: bool) -> list[list[dict]]:
     jobs = [(plan, split, i, categories, p, str(image_dir)) for i, plan in enumerate(plans)]
-    if pool is None:
-        return [_render_one(j) for j in jobs]
-    return pool.map(_render_one, jobs, chunksize=max(1, min(32, len(jobs) // 64 + 1)))
+    results = (map(_render_one, jobs) if pool is None else
+               pool.imap(_render_one, jobs, chunksize=max(1, min(16, len(jobs) // 64 + 1))))
+    return list(tqdm(results, total=len(jobs), desc=f"lvis-synth {split}", unit="img",
+                     disable=not progress, file=sys.stderr))
 
 
 def _lvis_dict(split: str, plans: list[ImagePlan], per_image: list[list[dict]],
@@ -246,11 +248,12 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, separators=(",", ":")))
 
 
-def generate(out_dir: str | Path, params: SyntheticParams, workers: int = 0) -> dict:
+def generate(out_dir: str | Path, params: SyntheticParams, workers: int = 0,
+             progress: bool = False) -> dict:
     """Write train.json, val.json, images/{train,val}/*.png and params.json into ``out_dir``.
 
     ``workers``: processes for drawing (0 = all CPUs, 1 = in this process); the output does
-    not depend on it. Returns summary statistics.
+    not depend on it. ``progress``: a progress bar on stderr. Returns summary statistics.
     """
     start = time.perf_counter()
     out = Path(out_dir)
@@ -264,7 +267,8 @@ def generate(out_dir: str | Path, params: SyntheticParams, workers: int = 0) -> 
         for split in ("train", "val"):
             image_dir = out / "images" / split
             image_dir.mkdir(parents=True, exist_ok=True)
-            rendered[split] = _render_split(plan[split], split, categories, params, image_dir, pool)
+            rendered[split] = _render_split(plan[split], split, categories, params, image_dir,
+                                            pool, progress)
     data = {s: _lvis_dict(s, plan[s], rendered[s], params) for s in rendered}
     fields = category_fields(categories, data["train"]["annotations"])
     for split, d in data.items():
@@ -364,7 +368,7 @@ def ensure_synthetic(root: str, workers: int = 0, verbose: bool = True, **params
         tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
         if verbose:
             print(f"[ltseg] generating the synthetic dataset into {root} ...", file=sys.stderr)
-        stats = generate(tmp, p, workers)
+        stats = generate(tmp, p, workers, progress=verbose)
         if root.exists():
             old = root.parent / f".{root.name}.old-{os.getpid()}"
             os.rename(root, old)
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     params.update({k: v for k, v in vars(args).items()
                    if k in params and v is not None})
     start = time.perf_counter()
-    paths = ensure_synthetic(args.out, workers=args.workers, verbose=False, **params)
+    paths = ensure_synthetic(args.out, workers=args.workers, **params)
     with open(paths["train"]["ann_file"]) as f:
         train = json.load(f)
     with open(paths["val"]["ann_file"]) as f:

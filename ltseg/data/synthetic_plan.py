@@ -121,7 +121,7 @@ def assign(counts: np.ndarray, num_images: int, max_distinct: int, rng: np.rando
         free = np.nonzero(remaining > 0)[0]
         keys = np.log(rng.random(len(free))) / remaining[free]  # Efraimidis-Spirakis
         chosen = free[np.argsort(-keys, kind="stable")[:n]]
-        if len(chosen) < n:  # capacity ran out through ties: use the least-loaded images
+        if len(chosen) < n:  # the capacity left sits in fewer than n images: add least-loaded
             load = np.array([len(i) for i in images], dtype=np.float64)
             load[chosen] = np.inf
             chosen = np.concatenate([chosen, np.argsort(load, kind="stable")[: n - len(chosen)]])
