@@ -7,55 +7,55 @@ from __future__ import annotations
 import numpy as np
 
 from .params import AREA_LBL, EPS, FREQ_LBL, IOU_THRS, MAX_DETS, REC_THRS
+from .sorting import lexsort
 
 
-def accumulate(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndarray,
-               tp: np.ndarray, fp: np.ndarray, num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rank_order(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Accumulation order: category, then (score desc, image id asc, input order), as lvis-api's
+    concatenation of per-image results in image order followed by a stable score sort."""
+    return lexsort((idx, img, -score, cat))
+
+
+def accumulate(cat: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_gt: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Per-category precision/recall (lvis-api ``accumulate``) without per-category loops.
 
     Args:
-        cat, score, img, idx: ``(N,)`` category index, score, image index, input index.
-        tp, fp: ``(N, A, T)`` bool, true / false positive (ignored detections are neither).
+        cat: ``(N,)`` category index of each detection, in :func:`rank_order`.
+        tp, fp: ``(L, N)`` bool in the same order, lanes ``L = A * T`` (area-major); true /
+            false positive (ignored detections are neither).
         num_gt: ``(K, A)`` non-ignored GT count.
 
     Returns:
         precision ``(T, R, K, A)`` and recall ``(T, K, A)``, -1 where a category has no GT.
 
-    Detections are ranked by (score desc, image id asc, input order), as the official
-    concatenation in image order followed by a stable sort. lvis-api samples the
-    suffix-maximum of precision at the first rank whose recall reaches each recall threshold;
-    that equals the maximum precision over all ranks whose recall reaches it, which is what
-    is computed here from each rank's number of reached thresholds.
+    lvis-api samples the suffix maximum of precision at the first rank whose recall reaches
+    each recall threshold; that is the maximum precision over the ranks whose recall reaches it,
+    and within a category precision peaks where the TP count steps up, so only TP ranks are
+    visited: their TP count is their position among the category's TPs and their FP count a
+    ``searchsorted`` among its FPs (exact integers in float64, as lvis-api's cumsum).
     """
     num_k, num_a = num_gt.shape
     num_t, num_r = len(IOU_THRS), len(REC_THRS)
-    lanes = num_a * num_t
+    lanes, n = tp.shape
     ngt_l = np.repeat(num_gt, num_t, axis=1).astype(np.float64)               # (K, L)
-    valid_l = ngt_l > 0
-    order = np.lexsort((idx, img, -score, cat))
-    cat_s = cat[order]
-    tp_s = tp[order].reshape(-1, lanes)
-    # cumulative counts are exact integers in float64, as lvis-api's cumsum(...).astype(float)
-    tp_c = np.cumsum(tp_s, axis=0, dtype=np.float64)                          # (N, L)
-    fp_c = np.cumsum(fp[order].reshape(-1, lanes), axis=0, dtype=np.float64)
-    start = np.searchsorted(cat_s, np.arange(num_k))                          # first rank per cat
-    end = np.searchsorted(cat_s, np.arange(num_k), side="right")
-    zero = np.zeros((1, lanes))
-    tp_before = np.concatenate([zero, tp_c])[start]                           # (K, L)
-    fp_before = np.concatenate([zero, fp_c])[start]
-    tp_total = np.concatenate([zero, tp_c])[end] - tp_before
-    rec = np.divide(tp_total, ngt_l, out=np.full((num_k, lanes), -1.0), where=valid_l)
+    start = np.searchsorted(cat, np.arange(num_k))                            # first rank per cat
+
+    lane, row = np.nonzero(tp)                                                # lane-major, rank asc
+    k = cat[row]
+    run = lane * num_k + k                                                    # sorted
+    tp_n = (np.arange(len(run)) - np.searchsorted(run, run) + 1).astype(np.float64)
+    fp_keys = np.flatnonzero(fp)                                              # lane * N + rank
+    fp_n = (np.searchsorted(fp_keys, lane * n + row)
+            - np.searchsorted(fp_keys, lane * n + start[k])).astype(np.float64)
+    tp_total = np.bincount(run, minlength=lanes * num_k).reshape(lanes, num_k).T.astype(np.float64)
+    valid = num_gt > 0
+    rec = np.divide(tp_total, ngt_l, out=np.full((num_k, lanes), -1.0), where=ngt_l > 0)
     recall = np.ascontiguousarray(rec.reshape(num_k, num_a, num_t).transpose(2, 0, 1))
 
-    # best[t, q, k, a]: max precision over ranks whose recall reaches exactly q thresholds. Within
-    # a category precision peaks where the TP count steps up, so only TP ranks can hold a maximum.
+    # best[t, q, k, a]: max precision over TP ranks whose recall reaches exactly q thresholds
     best = np.zeros((num_t, num_r + 1, num_k, num_a))
-    best.transpose(2, 3, 0, 1)[~valid_l.reshape(num_k, num_a, num_t)] = -1.0
-    rows, lane = np.nonzero(tp_s)
-    if len(rows):
-        k = cat_s[rows]
-        tp_n = tp_c[rows, lane] - tp_before[k, lane]
-        fp_n = fp_c[rows, lane] - fp_before[k, lane]
+    if len(run):
         rc = tp_n / ngt_l[k, lane]
         pr = tp_n / (fp_n + tp_n + EPS)
         reached = np.searchsorted(REC_THRS, rc, side="right")
@@ -65,6 +65,7 @@ def accumulate(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndar
     rev = best[:, ::-1]
     np.maximum.accumulate(rev, axis=1, out=rev)
     precision = best[:, 1:]
+    precision[:, :, ~valid] = -1.0
     return precision, recall
 
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from .accumulate import accumulate, per_category, summarize
+from .accumulate import accumulate, per_category, rank_order, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
 from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_groups
 from .parallel import default_workers
 from .params import AREA_RNG, MAX_DETS
 from .results import Detections, load_results, rle_area
+from .sorting import lexsort
 
 IOU_TYPES = ("bbox", "segm")
 
@@ -49,20 +50,22 @@ def _cap(img: np.ndarray, score: np.ndarray, max_dets: int) -> np.ndarray:
     n = len(img)
     if max_dets < 0 or n == 0:
         return np.arange(n)
-    idx = np.arange(n)
-    order = np.lexsort((idx, -score, img))
+    over = np.bincount(img)[img] > max_dets
+    if not over.any():
+        return np.arange(n)
+    sub = np.flatnonzero(over)                       # only over-cap images are sorted
+    order = sub[lexsort((sub, -score[sub], img[sub]))]
     img_s = img[order]
-    first = np.searchsorted(img_s, img_s)
-    rank = idx - first
-    count = np.bincount(img, minlength=img.max() + 1)[img_s]
-    return np.sort(order[(rank < max_dets) | (count <= max_dets)])
+    rank = np.arange(len(order)) - np.searchsorted(img_s, img_s)
+    over[order[rank < max_dets]] = False             # kept: not over the cap after all
+    return np.flatnonzero(~over)
 
 
 def _first_kept(img: np.ndarray, score: np.ndarray, max_dets: int) -> int:
     """Index of lvis-api's first result after the cap (it picks the bbox/segm branch from it)."""
     members = np.flatnonzero(img == img[0])
     if 0 <= max_dets < len(members):
-        return int(members[np.lexsort((members, -score[members]))[0]])
+        return int(members[lexsort((members, -score[members]))[0]])
     return 0
 
 
@@ -126,7 +129,7 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
 
     img, cat, score = d_img[keep], d_cat[keep], det.score[keep]
     key = img * num_k + cat
-    order = np.lexsort((keep, -score, key))          # groups, then (score desc, input order)
+    order = lexsort((keep, -score, key))          # groups, then (score desc, input order)
     keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
     if rles is not None:
         rles = [rles[j] for j in order.tolist()]
@@ -173,22 +176,25 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
 
     match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
     num_a, num_t = match.shape[1], match.shape[2]
-    m_full = np.full((n, num_a, num_t), -1, np.int64)
-    m_full[rows] = match
-    matched = m_full >= 0
-    safe = np.maximum(m_full, 0)
-    dt_m = matched & (gt.ann_id[g_order][safe] != 0)             # lvis-api: match id 0 = unmatched
-    ig_from_gt = matched & g_ignore[safe, np.arange(num_a)[None, :, None]]  # matched GT's flag
-    nel = np.isin(key, gt.nel_keys)
-    out_rng = (d_area[:, None] < lo) | (d_area[:, None] > hi)                # (N, A)
-    dt_ig = ig_from_gt | (~dt_m & (out_rng | nel[:, None])[:, :, None])
-    tp = dt_m & ~dt_ig
-    fp = ~dt_m & ~dt_ig
+    # lvis-api flags: a match to GT id 0 counts as unmatched; unmatched detections are ignored
+    # outside the area range or on not-exhaustive categories; matched ones inherit the GT's flag
+    rank = rank_order(cat, score, img, keep)
+    pos = np.empty(n, np.int64)
+    pos[rank] = np.arange(n)                                          # accumulation rank per row
+    base_ig = (d_area[:, None] < lo) | (d_area[:, None] > hi) | np.isin(key, gt.nel_keys)[:, None]  # (N, A)
+    matched = match >= 0
+    safe = np.maximum(match, 0)
+    hit = matched & (gt.ann_id[g_order][safe] != 0)
+    ig_m = matched & g_ignore[safe, np.arange(num_a)[None, :, None]]
+    tp = np.zeros((num_a, num_t, n), bool)                            # lanes (A, T) x ranks
+    fp = np.repeat(~base_ig[rank].T[:, None, :], num_t, axis=1)
+    tp[:, :, pos[rows]] = (hit & ~ig_m).transpose(1, 2, 0)
+    fp[:, :, pos[rows]] = (~hit & ~ig_m & ~base_ig[rows][:, :, None]).transpose(1, 2, 0)
 
     num_gt = np.zeros((num_k, num_a), np.int64)
     for a in range(num_a):
         num_gt[:, a] = np.bincount(gt.ann_cat[g_order][~g_ignore[:, a]], minlength=num_k)
-    return accumulate(cat, score, img, keep, tp, fp, num_gt)
+    return accumulate(cat[rank], tp.reshape(num_a * num_t, n), fp.reshape(num_a * num_t, n), num_gt)
 
 
 class LVISEvaluator:

@@ -11,6 +11,7 @@ import pycocotools.mask as mask_utils
 
 from .parallel import parallel_map
 from .params import IOU_THRS
+from .sorting import lexsort
 
 
 def box_iou_pairs(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -78,18 +79,28 @@ def greedy_match(iou: np.ndarray, pair_start: np.ndarray, det_group: np.ndarray,
         gt_ignore: ``(M, A)`` bool, GT ignored for area range ``a``.
 
     Returns:
-        ``(D, A, T)`` int64: matched GT row, or -1.
+        ``(D, A, T)`` int32: matched GT row, or -1.
 
     Rule (eval.py ``evaluate_img``): a det takes, among the still-unmatched GTs with
     ``IoU >= t``, the non-ignored one of highest IoU (ties: the later GT in JSON order); only
     when there is none, the ignored one chosen the same way.
     """
     num_a, num_t = gt_ignore.shape[1], len(IOU_THRS)
-    out = np.full((len(det_group), num_a, num_t), -1, dtype=np.int64)
+    out = np.full((len(det_group), num_a, num_t), -1, dtype=np.int32)
     if len(det_group) == 0:
         return out
     width = 1 << np.ceil(np.log2(np.maximum(group_ng, 1))).astype(np.int64)   # padded GT count
-    for gp in np.unique(width):
+    single = np.flatnonzero(group_ng[det_group] == 1)
+    if len(single):
+        # one GT: at each threshold the first det (by rank) reaching it takes it, in every area
+        rows = single[lexsort((det_rank[single], det_group[single]))]         # group, then rank
+        ok = iou[pair_start[rows]][:, None] >= IOU_THRS[None, :]              # (n, T)
+        seen = np.cumsum(ok, axis=0)
+        first = np.r_[True, det_group[rows][1:] != det_group[rows][:-1]]
+        base = np.maximum.accumulate(np.where(first[:, None], seen - ok, 0), axis=0)
+        take = ok & (seen - base == 1)
+        out[rows] = np.where(take, group_gt_start[det_group[rows]][:, None], -1)[:, None, :]
+    for gp in np.unique(width[group_ng > 1]):
         groups = np.flatnonzero(width == gp)
         local = np.full(len(group_ng), -1, dtype=np.int64)
         local[groups] = np.arange(len(groups))
