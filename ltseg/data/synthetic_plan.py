@@ -98,12 +98,13 @@ def val_counts(train_counts: np.ndarray, num_images: int, min_images: int,
 
 def assign(counts: np.ndarray, num_images: int, max_distinct: int, rng: np.random.Generator,
            split: str) -> list[list[int]]:
-    """Spread category ``k`` over ``counts[k]`` distinct images; every image gets 1..max_distinct."""
+    """Put category ``k`` in ``counts[k]`` distinct images; each image gets 1..max_distinct."""
     total = int(counts.sum())
     if total < num_images:
         raise ValueError(
             f"{split}: the long tail gives {total} category-image pairs for {num_images} images "
-            "(every image needs one); lower the image count or raise num_categories/max_image_count")
+            "(every image needs one); lower the image count or raise num_categories / "
+            "max_image_count")
     if total > num_images * max_distinct:
         raise ValueError(
             f"{split}: {total} category-image pairs do not fit {num_images} images with at most "

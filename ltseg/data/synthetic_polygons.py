@@ -35,7 +35,7 @@ def mask_to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list
 
 
 def _hole_free_pieces(mask: np.ndarray, col0: int) -> list[tuple[np.ndarray, int]]:
-    """Split ``mask`` at pixel columns until no piece has a hole; pieces keep their column offset."""
+    """Cut ``mask`` at pixel columns until no piece has a hole; pieces keep their column offset."""
     if not mask.any():
         return []
     padded = np.pad(~mask, 1, constant_values=True)

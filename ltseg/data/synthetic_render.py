@@ -174,7 +174,8 @@ def _place(canvas: _Canvas, rng: np.random.Generator, s: RenderSettings, outline
     for attempt in range(PLACEMENT_TRIES):
         shrink = 0.85 ** (attempt // 10)
         lo, hi = scale_range
-        diameter = max(MIN_DIAMETER, size * shrink * math.exp(rng.uniform(math.log(lo), math.log(hi))))
+        log_d = rng.uniform(math.log(lo), math.log(hi))
+        diameter = max(MIN_DIAMETER, size * shrink * math.exp(log_d))
         angle = rng.uniform(0, 2 * math.pi)
         aspect = rng.uniform(0.85, 1.15)
         mask, centre = _rasterise(outlines, diameter / 2, angle, aspect)
