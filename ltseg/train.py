@@ -5,6 +5,7 @@ multi-node: ``torchrun --nproc_per_node=N -m ltseg.train ...`` (docs/training.md
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -25,6 +26,18 @@ from ltseg.engine.logging import get_logger
 from ltseg.engine.optim import build_lr_scheduler, build_optimizer
 from ltseg.engine.trainer import AMP_DTYPES, Trainer
 from ltseg.modeling import build_model
+
+
+def short_dirname(text: str, max_len: int = 80) -> str:
+    """A run-folder name from Hydra's ``override_dirname``: no ``/``, at most ``max_len`` characters
+    (long names end in a hash of the full text). Resolver ``ltseg_dirname`` in conf/config.yaml."""
+    text = text.replace("/", "_")
+    if len(text) <= max_len:
+        return text
+    return f"{text[: max_len - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("ltseg_dirname", short_dirname, replace=True)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -131,7 +144,7 @@ def run(cfg: DictConfig) -> dict | None:
         model, optimizer, scheduler, loader, sampler, cfg.trainer,
         max_iter=int(cfg.schedule.max_iter), images_per_batch=global_batch, output_dir=output_dir,
         dist_info=info, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        evaluate_fn=make_evaluator(cfg, val_ds, stats, info, output_dir, AMP_DTYPES.get(amp)),
+        evaluate_fn=make_evaluator(cfg, val_ds, stats, info, output_dir, AMP_DTYPES.get(amp)) if cfg.eval.enabled else None,
         generators=generators, extra_state={"stats": stats.to_dict()},
     )
     trainer.resume_or_start(cfg.resume)
