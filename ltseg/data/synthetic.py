@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import struct
 import sys
 import time
@@ -365,12 +366,13 @@ def ensure_synthetic(root: str, workers: int = 0, verbose: bool = True, **params
         for kind in ("tmp", "old"):  # left by killed runs; we hold the lock
             for stale in root.parent.glob(f".{root.name}.{kind}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        owner = f"{socket.gethostname()}-{os.getpid()}"
+        tmp = root.parent / f".{root.name}.tmp-{owner}"
         if verbose:
             print(f"[ltseg] generating the synthetic dataset into {root} ...", file=sys.stderr)
         stats = generate(tmp, p, workers, progress=verbose)
         if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            old = root.parent / f".{root.name}.old-{owner}"
             os.rename(root, old)
             os.rename(tmp, root)
             shutil.rmtree(old)
