@@ -123,7 +123,7 @@ PRESETS = {
     "default": SyntheticParams(),
     "full": SyntheticParams(num_categories=300, train_images=8000, val_images=1500,
                             image_size=384, max_image_count=400, object_size=(0.05, 0.35),
-                            max_objects=10, clutter=1.5, noise_std=3.0),
+                            max_objects=10, clutter=1.5),
 }
 
 
