@@ -16,7 +16,7 @@ from .accumulate import accumulate, per_category, rank_order, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
 from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_groups
-from .parallel import default_workers
+from .parallel import default_workers, parallel_map
 from .params import AREA_RNG, MAX_DETS
 from .results import Detections, load_results, rle_area
 from .sorting import lexsort
@@ -69,6 +69,13 @@ def _first_kept(img: np.ndarray, score: np.ndarray, max_dets: int) -> int:
     return 0
 
 
+def _mask_areas(det: Detections, rows: np.ndarray, workers: int) -> np.ndarray:
+    """Mask pixel counts of detections ``rows`` (float64), computed in forked workers."""
+    pieces = [p for p in np.array_split(rows, max(1, min(workers, len(rows) // 5000))) if len(p)]
+    parts = parallel_map(lambda p: rle_area(det.rles(p)), pieces, workers)
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def _require(det: Detections, mask: np.ndarray, what: str) -> None:
     bad = np.flatnonzero(mask)
     if len(bad):
@@ -77,21 +84,16 @@ def _require(det: Detections, mask: np.ndarray, what: str) -> None:
                          f"{what}" + (f" [{len(bad)} such detections]" if len(bad) > 1 else ""))
 
 
-def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
-                    workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them.
+def select(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
+           workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Detections lvis-api evaluates, ascending, and their areas: cap -> branch -> filters.
 
-    For ``segm`` the detection area is the mask area (detectron2 drops ``bbox`` before segm
-    evaluation); for ``bbox`` it is ``w * h``, or the mask area when the (capped) first result
-    has no ``bbox``, as lvis-api decides its branch from the first result.
+    For ``segm`` the area is the mask area (detectron2 drops ``bbox`` before segm evaluation);
+    for ``bbox`` it is ``w * h``, or the mask area when the (capped) first result has no
+    ``bbox``, as lvis-api decides its branch from the first result.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
-    num_k = gt.num_categories
-    d_img = gt.image_index(det.image_id)
-    d_cat = gt.cat_index(det.category_id)
+    d_img, d_cat = gt.image_index(det.image_id), gt.cat_index(det.category_id)
     keep = _cap(d_img, det.score, max_dets)
-
     if iou_type == "segm":
         _require(det, ~det.has_segm, "missing 'segmentation' (required for segm evaluation)")
         mask_area = True
@@ -108,47 +110,43 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
         if len(missing):
             det.bbox[missing] = mask_utils.toBbox(det.rles(missing)).reshape(-1, 4)
             det.has_bbox[missing] = True
-
     # known category and the federated rule (c in pos(I) or neg(I)), then 0 < area < inf;
-    # lvis-api filters area first, but the two filters commute and masks are costly to measure
-    gt_key = gt.ann_img * num_k + gt.ann_cat
-    pos_keys = np.unique(gt_key)
+    # lvis-api filters area first, but the filters commute and masks are costly to measure
+    num_k = gt.num_categories
     keep = keep[d_cat[keep] >= 0]
     key = d_img[keep] * num_k + d_cat[keep]
-    keep = keep[np.isin(key, pos_keys) | np.isin(key, gt.neg_keys)]
-    rles = None
-    if mask_area:
-        rles = det.rles(keep)
-        area = rle_area(rles)
-    else:
-        area = det.bbox[keep, 2] * det.bbox[keep, 3]
+    keep = keep[np.isin(key, gt.ann_img * num_k + gt.ann_cat) | np.isin(key, gt.neg_keys)]
+    area = _mask_areas(det, keep, workers) if mask_area else det.bbox[keep, 2] * det.bbox[keep, 3]
     ok = (area > 0) & (area < np.inf)
-    keep, d_area = keep[ok], area[ok]
-    if rles is not None:
-        rles = [r for r, k in zip(rles, ok.tolist()) if k]
+    return keep[ok], area[ok]
 
-    img, cat, score = d_img[keep], d_cat[keep], det.score[keep]
-    key = img * num_k + cat
-    order = lexsort((keep, -score, key))          # groups, then (score desc, input order)
+
+def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
+                    workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
+    num_k = gt.num_categories
+    keep, d_area = select(gt, det, iou_type, max_dets, workers)
+    img, cat, score = gt.image_index(det.image_id[keep]), gt.cat_index(det.category_id[keep]), det.score[keep]
+    key = img * num_k + cat                          # (image, category) group
+    order = lexsort((keep, -score, key))             # groups, then (score desc, input order)
     keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
-    if rles is not None:
-        rles = [rles[j] for j in order.tolist()]
     n = len(keep)
 
+    gt_key = gt.ann_img * num_k + gt.ann_cat
     g_order = np.argsort(gt_key, kind="stable")      # groups, JSON order inside
-    g_key = gt_key[g_order]
-    g_area = gt.ann_area[g_order]
+    g_key, g_area = gt_key[g_order], gt.ann_area[g_order]
     lo, hi = AREA_RNG[:, 0], AREA_RNG[:, 1]
     g_ignore = gt.ann_ignore[g_order][:, None] | (g_area[:, None] < lo) | (g_area[:, None] > hi)  # (M, A)
 
-    # matching groups: (image, category) with both detections and GT
+    # matching groups: (image, category) with both detections and GT; (det, GT) pairs inside
     groups = np.unique(key)
     groups = groups[np.isin(groups, g_key)]
     g_start = np.searchsorted(g_key, groups)
     g_num = np.searchsorted(g_key, groups, side="right") - g_start
     d_group = np.searchsorted(groups, key).clip(0, max(len(groups) - 1, 0))
-    in_match = (groups[d_group] == key) if len(groups) else np.zeros(n, bool)
-    rows = np.flatnonzero(in_match)                  # det rows taking part in matching
+    rows = np.flatnonzero(groups[d_group] == key) if len(groups) else np.zeros(0, np.int64)
     r_group = d_group[rows]
     r_rank = rows - np.searchsorted(key, key[rows])
     ng = g_num[r_group]
@@ -159,12 +157,10 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     if iou_type == "bbox":
         iou = box_iou_pairs(det.bbox[keep[rows]][p_det], gt.ann_bbox[g_order][p_gt])
     else:
-        g_img = gt.ann_img[g_order]
-        hw, segm = gt.image_hw, gt.ann_segm
-        row_rles = [rles[j] for j in rows.tolist()]
+        g_img, hw, segm, row_det = gt.ann_img[g_order], gt.image_hw, gt.ann_segm, keep[rows]
 
         def dt_rles(a, b):
-            return row_rles[a:b]
+            return det.rles(row_det[a:b])
 
         def gt_rles(a, b):
             return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
@@ -173,28 +169,38 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
         m_start = np.searchsorted(r_group, np.arange(len(groups)))
         m_num = np.searchsorted(r_group, np.arange(len(groups)), side="right") - m_start
         iou = mask_iou_groups(m_start, m_num, g_start, g_num, dt_rles, gt_rles, workers)
-
     match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
-    num_a, num_t = match.shape[1], match.shape[2]
-    # lvis-api flags: a match to GT id 0 counts as unmatched; unmatched detections are ignored
-    # outside the area range or on not-exhaustive categories; matched ones inherit the GT's flag
+
     rank = rank_order(cat, score, img, keep)
+    nel = np.isin(key, gt.nel_keys)
+    out_ig = (d_area[:, None] < lo) | (d_area[:, None] > hi) | nel[:, None]     # (N, A)
+    tp, fp = _tp_fp(match, rows, rank, out_ig, g_ignore, gt.ann_id[g_order])
+    g_cat = gt.ann_cat[g_order]
+    num_gt = np.stack([np.bincount(g_cat[~g_ignore[:, a]], minlength=num_k) for a in range(len(lo))], 1)
+    return accumulate(cat[rank], tp, fp, num_gt)
+
+
+def _tp_fp(match: np.ndarray, rows: np.ndarray, rank: np.ndarray, out_ig: np.ndarray,
+           g_ignore: np.ndarray, g_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """lvis-api's per-(area, threshold) flags as ``(L, N)`` bool in accumulation rank order.
+
+    A match to a GT with id 0 counts as unmatched (lvis-api stores match ids); a matched
+    detection inherits the GT's ignore flag; an unmatched one is ignored when ``out_ig``
+    (outside the area range, or a not-exhaustive category). ``match (D, A, T)`` covers
+    detection rows ``rows``; the others meet no GT.
+    """
+    n, (num_a, num_t) = len(rank), match.shape[1:]
     pos = np.empty(n, np.int64)
-    pos[rank] = np.arange(n)                                          # accumulation rank per row
-    base_ig = (d_area[:, None] < lo) | (d_area[:, None] > hi) | np.isin(key, gt.nel_keys)[:, None]  # (N, A)
+    pos[rank] = np.arange(n)
     matched = match >= 0
     safe = np.maximum(match, 0)
-    hit = matched & (gt.ann_id[g_order][safe] != 0)
+    hit = matched & (g_id[safe] != 0)
     ig_m = matched & g_ignore[safe, np.arange(num_a)[None, :, None]]
-    tp = np.zeros((num_a, num_t, n), bool)                            # lanes (A, T) x ranks
-    fp = np.repeat(~base_ig[rank].T[:, None, :], num_t, axis=1)
+    tp = np.zeros((num_a, num_t, n), bool)
+    fp = np.repeat(~out_ig[rank].T[:, None, :], num_t, axis=1)
     tp[:, :, pos[rows]] = (hit & ~ig_m).transpose(1, 2, 0)
-    fp[:, :, pos[rows]] = (~hit & ~ig_m & ~base_ig[rows][:, :, None]).transpose(1, 2, 0)
-
-    num_gt = np.zeros((num_k, num_a), np.int64)
-    for a in range(num_a):
-        num_gt[:, a] = np.bincount(gt.ann_cat[g_order][~g_ignore[:, a]], minlength=num_k)
-    return accumulate(cat[rank], tp.reshape(num_a * num_t, n), fp.reshape(num_a * num_t, n), num_gt)
+    fp[:, :, pos[rows]] = (~hit & ~ig_m & ~out_ig[rows][:, :, None]).transpose(1, 2, 0)
+    return tp.reshape(num_a * num_t, n), fp.reshape(num_a * num_t, n)
 
 
 class LVISEvaluator:
