@@ -85,13 +85,17 @@ def rle_area(rles: list) -> np.ndarray:
                            for i in range(0, len(rles), 255)] or [np.zeros(0)])
 
 
+@dataclass
 class _Chunk:
-    """One piece of work: a slice of a raw JSON file, or of an in-memory list."""
+    """One piece of work: ``data[span]`` of a raw JSON file (whole file if ``span`` is None),
+    or ``items[span]`` of an in-memory list."""
 
-    def __init__(self, source: str, start: int, data: bytes | None = None, span=None,
-                 items: list | None = None, segm: bool = True, image_hw: dict | None = None):
-        self.source, self.start, self.data, self.span = source, start, data, span
-        self.items, self.segm, self.image_hw = items, segm, image_hw
+    source: str
+    data: bytes | None = None
+    span: tuple[int, int] | None = None
+    items: list | None = None
+    segm: bool = True
+    image_hw: dict | None = None
 
 
 def _locate_bad(items: list, segm: bool) -> tuple[int, str]:
@@ -295,7 +299,7 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
             except ValueError:
                 spans = [None]                   # not a list: the parser reports it
             for span in spans:
-                chunks.append(_Chunk(str(path), 0, data=data, span=span, segm=segm, image_hw=hw))
+                chunks.append(_Chunk(str(path), data=data, span=span, segm=segm, image_hw=hw))
     else:
         bad = next((j for j, r in enumerate(results) if not isinstance(r, dict)), None)
         if bad is not None:
@@ -305,12 +309,11 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
         pieces = workers if n > 20000 else 1
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            chunks.append(_Chunk("results", int(a), span=(int(a), int(b)), items=results,
-                                 segm=segm, image_hw=hw))
+            chunks.append(_Chunk("results", span=(int(a), int(b)), items=results, segm=segm, image_hw=hw))
     parts = parallel_map(_parse_chunk, chunks, workers)
     if any("error" in p for p in parts) and any(c.span is not None and c.items is None for c in chunks):
         # a split inside a string cannot happen for valid results; re-parse whole files to be sure
-        chunks = [_Chunk(c.source, 0, data=c.data, segm=segm, image_hw=hw)
+        chunks = [_Chunk(c.source, data=c.data, segm=segm, image_hw=hw)
                   for j, c in enumerate(chunks) if c.items is not None or j == 0
                   or chunks[j - 1].source != c.source]
         parts = parallel_map(_parse_chunk, chunks, workers)
