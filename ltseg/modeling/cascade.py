@@ -121,7 +121,7 @@ class CascadeROIHeads(StandardROIHeads):
     def refine(self, k: int, deltas: Tensor, boxes: list[Tensor], image_sizes: list[tuple[int, int]],
                drop_empty: bool = False) -> list[Tensor]:
         """Stage ``k``'s regression applied to its input boxes -> next stage's per-image boxes (detached)."""
-        decoded = self.predict_boxes(deltas.detach(), boxes, self.box_coders[k])[:, 0]
+        decoded = self.box_coders[k].decode(deltas.detach(), torch.cat(boxes))
         out = []
         for b, size in zip(decoded.split([len(x) for x in boxes]), image_sizes):
             b = clip_boxes_to_image(b, size)
@@ -189,7 +189,7 @@ class CascadeROIHeads(StandardROIHeads):
             scores.append(self.stage_losses[k].scores(logits))
             if k < self.num_stages - 1:
                 boxes = self.refine(k, deltas, boxes, image_sizes)
-        return inputs, pooled_all, scores, self.predict_boxes(deltas, boxes, self.box_coders[-1])
+        return inputs, pooled_all, scores, self.box_coders[-1].decode(deltas, torch.cat(boxes)).view(-1, 1, 4)
 
     def inference(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]]) -> list[dict]:
         inputs, _, scores, boxes = self.stage_scores(features, proposals, image_sizes)

@@ -17,6 +17,7 @@ from ltseg.engine.checkpoint import CheckpointError
 from ltseg.modeling import build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+MODEL = "tiny_cascade"
 STEPS = ["calibration.steps_per_epoch=2", "calibration.epochs=2", "calibration.lr_decay_epochs=[2]",
          "calibration.classes_per_step=3", "calibration.dual_head.threshold=3", "device=cpu"]
 
@@ -119,3 +120,31 @@ def test_checkpoint_head_type_differs_from_config(setup):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         run(calibrate_cfg(f"checkpoint={tmp_path / 'nope.pt'}", *STEPS))
+
+
+@pytest.mark.slow
+def test_train_then_calibrate_tiny_cascade(tmp_path):
+    """`ltseg.train model=tiny_cascade` for 60 iterations, then `ltseg.calibrate` on its checkpoint:
+    the `orig` column reproduces the trainer's own final evaluation."""
+    import json
+
+    from ltseg.train import run as train_run
+
+    data = train_config(tmp_path).data
+    overrides = [f"model={MODEL}", "schedule.max_iter=60", "schedule.warmup_iters=30", "schedule.base_lr=0.005", "schedule.steps=[50]",
+                 f"trainer.output_dir={tmp_path / 'train'}", "trainer.tensorboard=false", "trainer.progress=false",
+                 "device=cpu", "eval.num_vis_images=0"]
+    overrides += [f"data.generator.{k}={v}" for k, v in data.generator.items() if k != "_target_"]
+    overrides += [f"data.{k}={v}" for k in ("min_size_train", "max_size_train", "min_size_test", "max_size_test",
+                                            "num_workers", "test_images_per_batch")
+                  for v in [data[k]]]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    train_run(cfg)
+    trained = json.loads(next((tmp_path / "train" / "inference").glob("iter_*/metrics.json")).read_text())
+    out = run(calibrate_cfg(f"checkpoint={tmp_path / 'train' / 'model_final.pt'}", *STEPS))
+    for iou_type in ("bbox", "segm"):
+        assert out["metrics"][iou_type]["orig"]["AP"] == pytest.approx(trained[iou_type]["AP"], abs=1e-12)
+    saved = torch.load(out["checkpoint"], weights_only=True)
+    final = torch.load(tmp_path / "train" / "model_final.pt", weights_only=True)
+    assert all(torch.equal(saved["model"][k], final["model"][k]) for k in final["model"])
