@@ -42,7 +42,7 @@ class FederatedLoss(LossBase):
     def sample_classes(self, labels: Tensor, stats: CategoryStats, generator=None) -> Tensor:
         """``(C,)`` bool mask of F for this batch (no host sync)."""
         c = stats.num_classes
-        present = torch.bincount(labels, minlength=c + 1) > 0
+        present = torch.zeros(c + 1, dtype=torch.bool, device=labels.device).index_fill_(0, labels, True)
         weight = self.class_tensor(stats, "w", torch.empty(0, device=labels.device), self.class_weights)
         prob = torch.cat([weight, weight.new_zeros(1)]).masked_fill(present, 0.0)
         gen_device = generator.device if generator is not None else prob.device

@@ -65,7 +65,7 @@ class SeesawLoss(LossBase):
                 f"SeesawLoss: cum_samples has {self.cum_samples.numel()} entries but the data has "
                 f"{num_classes} classes (+1 background); the checkpoint belongs to another dataset"
             )
-        batch = torch.bincount(labels, minlength=num_classes + 1).to(self.cum_samples)
+        batch = self.cum_samples.new_zeros(num_classes + 1).index_add_(0, labels, self.cum_samples.new_ones(labels.shape))
         self.cum_samples += all_reduce_sum(batch, self.all_reduce)
         return self.cum_samples
 
