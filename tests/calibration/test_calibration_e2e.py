@@ -60,7 +60,7 @@ def calibrate_cfg(*overrides):
 
 def test_calibrate_end_to_end_and_evaluate_only(setup):
     root, _, ckpt = setup
-    out = run(calibrate_cfg(f"checkpoint={ckpt}", f"output_dir={root / 'cal'}", *STEPS))
+    out = run(calibrate_cfg(f"checkpoint={ckpt}", "calibration=simcal", f"output_dir={root / 'cal'}", *STEPS))
     assert out["checkpoint"] == root / "cal" / CALIBRATED_NAME and out["train"]["steps"] == 4
     saved = torch.load(out["checkpoint"], weights_only=True)
     original = torch.load(ckpt, weights_only=True)
