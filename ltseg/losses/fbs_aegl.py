@@ -23,12 +23,13 @@ class FBSAEGL(SigmoidLoss):
     Foreground RoI, label c: ``w_c = WF_c``, ``w_j = WF_j 1[σ(z_j) >= μ]`` (j ≠ c).
     Background RoI: ``w_j = WF_j 1[σ(z_j) >= μ] wBer_j``; tail j: ``wBer_j = 1[noise_ij < σ_tail]``
     with σ_tail the batch's tail fraction of foreground RoIs (DropLoss ρ); frequent j: 1 (Eq. 10,
-    ``freq_variant="eq10"``) or ``1[noise_ij < 1 - σ_tail]`` (``"text"``). No foreground RoI: wBer = 1.
+    ``variant="eq10"``) or ``1[noise_ij < 1 - σ_tail]`` (``"text"``). No foreground RoI: wBer = 1.
 
     Args:
         gamma: γ in [0, 1) of the effective number (0.7).
         mu: confidence threshold μ on the detached sigmoid (0.7).
-        freq_variant: ``eq10`` | ``text``.
+        variant: frequent-class Bernoulli, ``eq10`` | ``text``.
+        freq_variant: the spec's name for ``variant``; overrides it when set.
         use_wf: ``False`` sets WF ≡ 1 (the "w/o WF" ablation).
         all_reduce: σ_tail over all DDP processes.
         lambda_: tail threshold on the image frequency; ``None`` = r/c tags.
@@ -39,7 +40,8 @@ class FBSAEGL(SigmoidLoss):
         self,
         gamma: float = 0.7,
         mu: float = 0.7,
-        freq_variant: str = "eq10",
+        variant: str = "eq10",
+        freq_variant: str | None = None,
         use_wf: bool = True,
         all_reduce: bool = False,
         lambda_: float | None = None,
@@ -48,10 +50,11 @@ class FBSAEGL(SigmoidLoss):
         super().__init__(prior_prob)
         if not 0.0 <= gamma < 1.0:
             raise ValueError(f"FBSAEGL: gamma must be in [0, 1), got {gamma}")
-        if freq_variant not in FREQ_VARIANTS:
-            raise ValueError(f"FBSAEGL: freq_variant must be one of {FREQ_VARIANTS}, got '{freq_variant}'")
+        variant = freq_variant if freq_variant is not None else variant
+        if variant not in FREQ_VARIANTS:
+            raise ValueError(f"FBSAEGL: variant must be one of {FREQ_VARIANTS}, got '{variant}'")
         self.gamma, self.mu = gamma, mu
-        self.freq_variant = freq_variant
+        self.variant = variant
         self.use_wf = use_wf
         self.all_reduce = all_reduce
         self.lambda_ = lambda_
@@ -68,7 +71,7 @@ class FBSAEGL(SigmoidLoss):
         wf = self.class_tensor(ctx.stats, f"wf{self.gamma!r}{self.use_wf}", z, self.effective_weight)
         rho = tail_ratio(ctx.labels, tail, self.all_reduce)
         sigma_tail = torch.nan_to_num(rho, nan=2.0)  # no foreground RoI: wBer = 1
-        sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.freq_variant == "text" else 2.0
+        sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "text" else 2.0
         sigma = tail * sigma_tail + (1.0 - tail) * sigma_freq
         fg = foreground(ctx.labels, tail.numel())[:, None]
         keep = (torch.sigmoid(z.detach()) >= self.mu) & (fg | (ctx.uniform_noise(z) < sigma[None, :]))

@@ -115,7 +115,7 @@ def test_unknown_loss_lists_available():
 @pytest.mark.parametrize("cls,kwargs,match", [
     (losses.DropLoss, {"variant": "both"}, "variant"), (losses.FixedDropLoss, {"drop_ratio": 1.5}, "drop_ratio"),
     (losses.BackgroundEQL, {"log_base": 1.0}, "log_base"), (losses.EqualizationLoss, {"threshold": "soft"}, "threshold"),
-    (losses.FBSAEGL, {"gamma": 1.0}, "gamma"), (losses.FBSAEGL, {"freq_variant": "x"}, "freq_variant"),
+    (losses.FBSAEGL, {"gamma": 1.0}, "gamma"), (losses.FBSAEGL, {"freq_variant": "x"}, "variant"),
     (losses.SeesawLoss, {"eps": 0.0}, "eps"), (losses.SoftmaxEQL, {"gamma": 2.0}, "gamma"),
     (losses.FocalLoss, {"gamma": -1.0}, "gamma"), (losses.InverseFrequencyCE, {"normalize": "mean"}, "normalize"),
     (losses.SigmoidBCE, {"prior_prob": 0.0}, "prior_prob"),

@@ -262,7 +262,8 @@ def test_fbs_aegl_matches_reference(variant, gamma, mu):
         sigma = rho if TAIL[j] else (1 - rho if variant == "text" else 2.0)
         return gate * float(u[i, j] < sigma)
 
-    loss = FBSAEGL(gamma=gamma, mu=mu, freq_variant=variant)
+    loss = FBSAEGL(gamma=gamma, mu=mu, variant=variant)
+    assert FBSAEGL(freq_variant=variant).variant == variant
     check_against(loss, lambda x: sigmoid_loss(x, LABELS, w), z, LossContext(LABELS, stats, noise=u))
 
 
