@@ -57,3 +57,19 @@ def test_tiny_training_step(name, overrides):
     sum(losses.values()).backward()
     opt.step()
     assert not torch.equal(before, cls_layer.weight.detach())
+
+
+def test_seesaw_counts_travel_with_the_model_checkpoint():
+    with initialize_config_dir(config_dir=str(CONF / "loss"), version_base=None):
+        cfg = compose(config_name="seesaw")
+    model_cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    model = build_model(model_cfg, instantiate(cfg), small_stats())
+    model.train()
+    model.set_sampling_generator(torch.Generator().manual_seed(2))
+    images, sizes, targets = batch()
+    model(images, sizes, targets)
+    counts = model.roi_heads.loss.cum_samples.clone()
+    assert counts.shape == (C + 1,) and counts.sum() > 0
+    fresh = build_model(model_cfg, instantiate(cfg), small_stats())
+    fresh.load_state_dict(model.state_dict())  # the fresh loss has no counts yet: resized on load
+    torch.testing.assert_close(fresh.roi_heads.loss.cum_samples, counts, rtol=0, atol=0)
