@@ -1,5 +1,4 @@
 """Federated loss: the detectron2 class draw reproduced without a host sync; value and gradient."""
-import pytest
 import torch
 
 from ltseg.losses import FederatedLoss, LossContext, SigmoidBCE
