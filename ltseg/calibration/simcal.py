@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import ClassificationLoss, LossContext
 from ltseg.modeling import postprocess
-from ltseg.modeling.cascade import BoxStage, CascadeROIHeads
+from ltseg.modeling.cascade import BoxStage, CascadeROIHeads, add_context
 from ltseg.modeling.roi_heads import add_ground_truth, image_label_masks, match_proposals
 
 from .bilevel import select_balanced_proposals
@@ -99,7 +99,8 @@ class SimCal(nn.Module):
     @torch.no_grad()
     def stage_rois(self, model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict],
                    generator: torch.Generator | None = None) -> list[tuple[Tensor, object]]:
-        """The frozen model's training-time RoIs: per stage ``(pooled (R, C, S, S), RoISamples)``."""
+        """The frozen model's training-time RoIs: per stage ``(pooled (R, C, S, S), RoISamples)``
+        (pooled features include the HTC-Lite context when the model has one)."""
         features = model.fpn(model.backbone(images))
         was_training = model.rpn.training
         model.rpn.train()
@@ -111,11 +112,12 @@ class SimCal(nn.Module):
         rh = model.roi_heads
         views = box_stages(rh)
         boxes = add_ground_truth(proposals, targets) if rh.add_gt_as_proposals else proposals
+        context = rh.context_vectors(features) if isinstance(rh, CascadeROIHeads) else None
         out = []
         for k in range(max(self.stages) + 1):
             samples = match_proposals(boxes, targets, views[k].matcher, self.num_classes,
                                       rh.sampler if k == 0 else None, generator)
-            pooled = rh.box_pooler(features, samples.proposals)
+            pooled = add_context(rh.box_pooler(features, samples.proposals), samples.proposals, context)
             out.append((pooled, samples))
             if k < max(self.stages):
                 deltas = views[k].box_predictor(views[k].box_head(pooled))[1]

@@ -17,7 +17,11 @@ STATS = CategoryStats.from_counts([3, 5, 40, 200], [4, 9, 350, 2000], num_images
 
 def frozen(name, loss=None, seed=0):
     torch.manual_seed(seed)
-    cfg = model_cfg(name, **{"roi_heads.test.max_dets": 60, "rpn.post_nms_topk_test": 100})
+    name, _, variant = name.partition("+")
+    overrides = {"roi_heads.test.max_dets": 60, "rpn.post_nms_topk_test": 100}
+    if variant == "htc_lite":
+        overrides["roi_heads.context.enabled"] = True
+    cfg = model_cfg(name, **overrides)
     model = build_model(cfg, loss or SoftmaxCE(), STATS)
     freeze(model)
     return model
@@ -41,7 +45,7 @@ def assert_same_outputs(a, b):
         assert torch.equal(x["labels"], y["labels"]) and x["masks"] == y["masks"]
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_cascade"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_cascade", "tiny_cascade+htc_lite"])
 def test_orig_is_the_model_and_3fc_ft_starts_from_it(name):
     model = frozen(name)
     simcal = simcal_for(model)
@@ -85,7 +89,7 @@ def test_dual_mixes_per_class():
     torch.testing.assert_close(p["dual"], (p["orig"] + p["cal"]) / 2)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_cascade"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_cascade", "tiny_cascade+htc_lite"])
 def test_loss_is_ce_mean_over_balanced_proposals(name):
     model = frozen(name)
     simcal = simcal_for(model)
@@ -94,6 +98,13 @@ def test_loss_is_ce_mean_over_balanced_proposals(name):
     loss, info = simcal.loss(model, images, sizes, targets, drawn, torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     rois = simcal.stage_rois(model, images, sizes, targets, g)
+    rh = model.roi_heads
+    if hasattr(rh, "context_vectors"):  # cascade: RoI features as the model pools them (+ HTC-Lite context)
+        with torch.no_grad():
+            features = model.fpn(model.backbone(images))[: model.num_pooled_levels]
+            for pooled, samples in rois:
+                ctx = rh.context_vectors(features)
+                torch.testing.assert_close(pooled, rh.pool(features, samples.proposals, ctx))
     expected = 0.0
     for k in simcal.stages:
         pooled, samples = rois[k]
