@@ -132,7 +132,6 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     key = img * num_k + cat                          # (image, category) group
     order = lexsort((keep, -score, key))             # groups, then (score desc, input order)
     keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
-    n = len(keep)
 
     gt_key = gt.ann_img * num_k + gt.ann_cat
     g_order = np.argsort(gt_key, kind="stable")      # groups, JSON order inside
