@@ -120,8 +120,10 @@ def run(cfg: DictConfig) -> dict:
         val_set = build_dataset(train_cfg.data, "val", stats)
         results = predict_variants(simcal, model, val_set, device, int(train_cfg.data.get("test_images_per_batch", 1)),
                                    int(cfg.get("num_workers", 0)))
+        eval_cfg = train_cfg.get("eval") or {}
         metrics = evaluate_variants(results, val_set.ann_file, stats, train_cfg.data.get("bins", "lvis"),
-                                    tuple(train_cfg.get("eval", {}).get("iou_types", ("bbox", "segm"))), out_dir)
+                                    tuple(eval_cfg.get("iou_types", ("bbox", "segm"))), out_dir,
+                                    eval_cfg.get("backend", "native"))
         table = format_side_by_side(metrics)
         (out_dir / "simcal_table.txt").write_text(table)
         print(table, end="")

@@ -1,7 +1,6 @@
 """The calibration loop (bi-level batches -> SGD on the calibrated heads) and the side-by-side evaluation."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from torch import nn
 from ltseg.data.build import build_test_loader
 from ltseg.data.collate import collate
 from ltseg.data.lvis import sample_seed
-from ltseg.evaluation import LVISEvaluator
+from ltseg.evaluation import evaluate_results, format_table
 from ltseg.modeling.postprocess import to_lvis_results
 
 from .bilevel import BilevelSampler
@@ -87,17 +86,17 @@ def predict_variants(simcal: SimCal, model: nn.Module, dataset, device: torch.de
 
 
 def evaluate_variants(results: dict[str, list[dict]], gt, stats, bins="lvis", iou_types=("bbox", "segm"),
-                      output_dir: Path | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """``{iou_type: {variant: summary}}``; with ``output_dir`` writes ``metrics_<variant>.json``."""
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
-    for iou_type in iou_types:
-        evaluator = LVISEvaluator(gt, iou_type, bins=bins, train_stats=stats)
-        metrics[iou_type] = {v: {k: float(x) for k, x in evaluator.evaluate(r).summary.items()}
-                             for v, r in results.items()}
-    if output_dir is not None:
-        for v in results:
-            Path(output_dir, f"metrics_{v}.json").write_text(
-                json.dumps({t: metrics[t][v] for t in metrics}, indent=2) + "\n")
+                      output_dir: Path | None = None, backend: str = "native") -> dict[str, dict[str, dict[str, float]]]:
+    """``{iou_type: {variant: summary}}`` through ``evaluate_results``; with ``output_dir`` each
+    variant's ``metrics.json`` and per-category CSVs go to ``output_dir/<variant>/``."""
+    metrics: dict[str, dict[str, dict[str, float]]] = {t: {} for t in iou_types}
+    for v, r in results.items():
+        out = None if output_dir is None else Path(output_dir) / v
+        m = evaluate_results(gt, r, iou_types=tuple(iou_types), train_stats=stats, bins=bins, output_dir=out,
+                             backend=backend, plots=False)
+        log.info("%s:\n%s", v, format_table(m))
+        for t in iou_types:
+            metrics[t][v] = m[t]
     return metrics
 
 

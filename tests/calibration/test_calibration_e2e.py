@@ -72,7 +72,7 @@ def test_calibrate_end_to_end_and_evaluate_only(setup):
     assert set(metrics) == {"bbox", "segm"} and all(set(m) == {"orig", "cal", "dual"} for m in metrics.values())
     table = (root / "cal" / "simcal_table.txt").read_text()
     assert table.splitlines()[0].split() == ["bbox", "orig", "cal", "dual"]
-    assert (root / "cal" / "metrics_dual.json").is_file()
+    assert (root / "cal" / "dual" / "metrics.json").is_file() and (root / "cal" / "orig" / "per_category_segm.csv").is_file()
     # a calibrated checkpoint is evaluated without training, with the same numbers
     again = run(calibrate_cfg(f"checkpoint={out['checkpoint']}", f"output_dir={root / 'again'}", *STEPS))
     assert again["train"] is None and again["metrics"] == metrics
