@@ -30,7 +30,8 @@ def default_workers() -> int:
 def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
     """``[fn(x) for x in items]``, with up to ``workers`` forked processes (in-process if 1)."""
     global _TASK
-    if workers <= 1 or len(items) <= 1 or "fork" not in mp.get_all_start_methods():
+    if (workers <= 1 or len(items) <= 1 or "fork" not in mp.get_all_start_methods()
+            or mp.current_process().daemon):        # daemonic processes may not have children
         return [fn(x) for x in items]
     _TASK = (fn, items)
     try:

@@ -86,3 +86,11 @@ def test_segm_areas_come_from_masks_not_boxes():
     raw = LVISEval(api, LVISResults(api, copy.deepcopy(res)), "segm")   # keeps bbox: box areas
     raw.run()
     assert any(abs(native.summary[k] - raw.results[k]) > 1e-6 for k in ("APs", "APm", "APl"))
+
+
+def test_parallel_map_runs_serially_inside_a_daemon_worker():
+    import multiprocessing as mp
+    from ltseg.evaluation.parallel import parallel_map
+    with mp.get_context("fork").Pool(1) as pool:
+        assert pool.apply(parallel_map, (abs, [-1, -2, 3], 2)) == [1, 2, 3]
+    assert parallel_map(abs, [-1, -2, 3], 2) == [1, 2, 3]
