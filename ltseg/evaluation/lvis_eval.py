@@ -16,6 +16,7 @@ from .accumulate import accumulate, per_category, rank_order, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
 from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_groups
+from . import parallel
 from .parallel import default_workers, parallel_map
 from .params import AREA_RNG, MAX_DETS
 from .results import Detections, load_results, rle_area
@@ -71,7 +72,8 @@ def _first_kept(img: np.ndarray, score: np.ndarray, max_dets: int) -> int:
 
 def _mask_areas(det: Detections, rows: np.ndarray, workers: int) -> np.ndarray:
     """Mask pixel counts of detections ``rows`` (float64), computed in forked workers."""
-    pieces = [p for p in np.array_split(rows, max(1, min(workers, len(rows) // 5000))) if len(p)]
+    pieces = max(1, min(workers, len(rows) // parallel.MIN_DETS_PER_WORKER))
+    pieces = [p for p in np.array_split(rows, pieces) if len(p)]
     parts = parallel_map(lambda p: rle_area(det.rles(p)), pieces, workers)
     return np.concatenate(parts) if parts else np.zeros(0)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from . import parallel
 from .parallel import parallel_map
 from .params import IOU_THRS
 from .sorting import lexsort
@@ -58,7 +59,7 @@ def mask_iou_groups(d_start: np.ndarray, d_num: np.ndarray, g_start: np.ndarray,
     if len(d_start) == 0:
         return np.zeros(0)
     cost = np.cumsum(d_num * g_num + d_num + g_num)
-    pieces = max(1, min(workers, len(d_start)))
+    pieces = max(1, min(workers, len(d_start), int(d_num.sum()) // parallel.MIN_DETS_PER_WORKER))
     cut = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1])
     groups = [g for g in np.split(np.arange(len(d_start)), cut) if len(g)]
     tasks = [(dt_rles, gt_rles, list(zip(d_start[g].tolist(), (d_start[g] + d_num[g]).tolist())),

@@ -11,6 +11,7 @@ import os
 from typing import Any, Callable, Sequence
 
 _TASK: tuple[Callable, Sequence] | None = None
+MIN_DETS_PER_WORKER = 5000     # below this per worker, forking (~30 ms) costs more than it saves
 
 
 def _run(i: int) -> Any:

@@ -23,7 +23,7 @@ import pycocotools.mask as mask_utils
 from .gt import GroundTruth
 from .parallel import default_workers, parallel_map
 
-SPLIT_BYTES = 1 << 22          # files above this are parsed in pieces, in parallel
+SPLIT_BYTES = 1 << 24          # files above this are parsed in pieces, in parallel
 PIECE_BYTES = 1 << 26          # at most this much JSON is held as Python objects per worker
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _image_id = itemgetter("image_id")
