@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("calibrating stages %s of %s with head=%s loss=%s", simcal.stages, path, cfg.calibration.head,
                  cfg.calibration.loss)
         train_info = train_heads(simcal, model, train_set, cfg.calibration, device, generator, int(cfg.seed),
-                                 int(train_cfg.data.get("size_divisibility", 32)))
+                                 int(train_cfg.data.get("size_divisibility", 32)), int(cfg.num_workers))
         calibration_cfg = OmegaConf.to_container(cfg.calibration, resolve=True)
         state = {
             "model": ckpt["model"], "iteration": ckpt["iteration"], "config_yaml": OmegaConf.to_yaml(train_cfg),

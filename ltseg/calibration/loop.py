@@ -1,6 +1,7 @@
 """The calibration loop (bi-level batches -> SGD on the calibrated heads) and the side-by-side evaluation."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -30,11 +31,13 @@ def freeze(model: nn.Module) -> None:
 
 
 def train_heads(simcal: SimCal, model: nn.Module, dataset, cfg, device: torch.device,
-                generator: torch.Generator, seed: int, size_divisibility: int = 32) -> dict:
+                generator: torch.Generator, seed: int, size_divisibility: int = 32, num_workers: int = 0) -> dict:
     """Train ``simcal``'s heads for ``cfg.epochs x cfg.steps_per_epoch`` bi-level steps.
 
-    ``cfg`` is the ``calibration`` config. Images go through the dataset's training transform
-    with per-step seeds. Returns counters (steps, steps without foreground, final loss, time).
+    ``cfg`` is the ``calibration`` config. All steps' class/image draws are made first (from
+    ``generator``); images are loaded by ``num_workers`` processes through the dataset's
+    training transform with per-image seeds, so the run does not depend on the worker count.
+    Returns counters (steps, steps without foreground, final loss, time).
     """
     sampler = BilevelSampler.from_dataset(dataset, classes_per_step=int(cfg.classes_per_step),
                                           images_per_class=int(cfg.images_per_class), generator=generator)
@@ -42,15 +45,18 @@ def train_heads(simcal: SimCal, model: nn.Module, dataset, cfg, device: torch.de
     o = cfg.optimizer
     optimizer = torch.optim.SGD(params, lr=float(o.lr), momentum=float(o.momentum), weight_decay=float(o.weight_decay))
     steps, period = int(cfg.epochs) * int(cfg.steps_per_epoch), max(int(cfg.log_period), 1)
+    draws = [sampler.sample() for _ in range(steps)]
+    keys = [[(i, sample_seed(seed, step, j)) for j, i in enumerate(d.image_indices.tolist())]
+            for step, d in enumerate(draws)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, num_workers=num_workers,
+                                         collate_fn=functools.partial(collate, size_divisibility=size_divisibility))
     simcal.train()
     empty, last, t0 = 0, float("nan"), time.perf_counter()
-    for step in range(steps):
+    for step, (draw, batch) in enumerate(zip(draws, loader)):
         epoch = step // int(cfg.steps_per_epoch) + 1
         for group in optimizer.param_groups:
             group["lr"] = float(o.lr) * lr_factor(epoch, cfg.lr_decay_epochs, float(cfg.gamma))
-        draw = sampler.sample()
-        batch = collate([dataset[(i, sample_seed(seed, step, j))] for j, i in enumerate(draw.image_indices.tolist())],
-                        size_divisibility).to(device)
+        batch = batch.to(device)
         loss, info = simcal.loss(model, batch.images, batch.image_sizes, batch.targets,
                                  draw.image_classes.to(device), generator)
         if not torch.isfinite(loss):

@@ -148,3 +148,23 @@ def test_train_then_calibrate_tiny_cascade(tmp_path):
     saved = torch.load(out["checkpoint"], weights_only=True)
     final = torch.load(tmp_path / "train" / "model_final.pt", weights_only=True)
     assert all(torch.equal(saved["model"][k], final["model"][k]) for k in final["model"])
+
+
+def test_calibration_does_not_depend_on_loader_workers(setup):
+    _, cfg, ckpt = setup
+    train_set = build_dataset(cfg.data, "train")
+    model = build_model(cfg.model, instantiate(cfg.loss), train_set.stats)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    freeze(model)
+    cal = calibrate_cfg(*STEPS).calibration
+    start, trained = None, []
+    for workers in (0, 1):
+        simcal = SimCal(model, train_set.stats, "2fc_rand", build_calibration_loss("ce"), [2], 32, {"threshold": 3})
+        if start is None:
+            start = copy.deepcopy(simcal.state_dict())
+        simcal.load_state_dict(start)
+        train_heads(simcal, model, train_set, cal, torch.device("cpu"), torch.Generator().manual_seed(1), 0,
+                    num_workers=workers)
+        trained.append(simcal.state_dict())
+    assert any(not torch.equal(start[k], trained[0][k]) for k in start)
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in start)
