@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 _TASK: tuple[Callable, Sequence] | None = None
@@ -29,10 +30,16 @@ def default_workers() -> int:
 
 
 def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
-    """``[fn(x) for x in items]``, with up to ``workers`` forked processes (in-process if 1)."""
+    """``[fn(x) for x in items]``, with up to ``workers`` forked processes (in-process if 1).
+
+    Forking is only safe in a single-threaded process: a lock held by another thread (logging,
+    TensorBoard's writer, a DataLoader's pin thread) would stay locked forever in the child. A
+    multi-threaded caller, such as the trainer evaluating at the end of a run, runs in-process.
+    """
     global _TASK
     if (workers <= 1 or len(items) <= 1 or "fork" not in mp.get_all_start_methods()
-            or mp.current_process().daemon):        # daemonic processes may not have children
+            or mp.current_process().daemon          # daemonic processes may not have children
+            or threading.active_count() > 1):
         return [fn(x) for x in items]
     _TASK = (fn, items)
     try:
