@@ -17,6 +17,7 @@ checkpoint on every rank's agreement and return; a second SIGINT stops at once.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -315,10 +316,20 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
+        owner = os.getpid()
+
         def on_signal(signum, frame):
+            if os.getpid() != owner:  # a forked child (data or evaluation worker): default action
+                previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+                if callable(previous):
+                    return previous(signum, frame)
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return None
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.stop_signal = signum
+            return None
 
         signals = [signal.SIGTERM, signal.SIGINT]
         if hasattr(signal, "SIGUSR1") and callable(signal.getsignal(signal.SIGUSR1)):

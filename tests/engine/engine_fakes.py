@@ -165,7 +165,7 @@ def build(out: str | Path, dist_info: du.DistInfo = du.DistInfo(), *, global_bat
     Path(out).mkdir(parents=True, exist_ok=True)
     return Trainer(model, optimizer, scheduler, loader, sampler, trainer_cfg(**(trainer_overrides or {})),
                    max_iter=schedule.max_iter, images_per_batch=global_batch, output_dir=out,
-                   dist_info=dist_info, config_yaml="fake: true\n", loss_generator=gen)
+                   dist_info=dist_info, config_yaml="fake: true\n", generators={"loss": gen})
 
 
 def _fail_at(iteration: int, hang: bool = False):

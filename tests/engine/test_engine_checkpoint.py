@@ -39,8 +39,8 @@ def test_trainer_checkpoint_loads_weights_only_with_every_state(tmp_path):
     assert state["optimizer"]["state"]  # momentum buffers
     assert state["scheduler"]["last_epoch"] == 3
     rank0 = state["per_rank"][0]
-    assert {"rng", "sampler", "loss_generator"} <= set(rank0)
-    assert rank0["sampler"] == {"epoch": 0, "offset": 12}
+    assert {"rng", "data", "generators"} <= set(rank0) and "loss" in rank0["generators"]
+    assert rank0["data"] == {"epoch": 0, "offset": 12}
     assert "seen" in state["model"]  # loss-like state buffers travel in the model state
     assert (tmp_path / "config.yaml").read_text() == "fake: true\n"
 

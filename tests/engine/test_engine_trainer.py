@@ -125,3 +125,26 @@ def test_fp16_overflow_skips_and_lowers_the_scale(tmp_path):
 def test_amp_rejects_unknown_mode(tmp_path):
     with pytest.raises(ValueError, match="trainer.amp"):
         build(tmp_path, trainer_overrides={"amp": "fp8"})
+
+
+def test_forked_children_keep_default_sigterm(tmp_path):
+    """Worker processes forked during training (data loader, evaluation pools) must still die on
+    SIGTERM: the trainer's stop handler only acts in the process that installed it."""
+    import multiprocessing as mp
+    import time
+
+    trainer = build(tmp_path)
+    restore = trainer._install_signal_handlers()
+    try:
+        child = mp.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        time.sleep(0.5)
+        child.terminate()
+        child.join(timeout=10)
+        exitcode = child.exitcode
+        if exitcode is None:
+            child.kill()
+            child.join()
+        assert exitcode == -signal.SIGTERM and trainer.stop_signal is None
+    finally:
+        restore()
