@@ -21,7 +21,7 @@ from torch import nn
 from ltseg.data.build import build_dataset, build_test_loader, build_train_loader
 from ltseg.engine import distributed as du
 from ltseg.engine.checkpoint import ensure_writable_dir
-from ltseg.engine.inference import merge_shards, run_inference
+from ltseg.engine.inference import draw_predictions, merge_shards, run_inference
 from ltseg.engine.logging import get_logger
 from ltseg.engine.optim import build_lr_scheduler, build_optimizer
 from ltseg.engine.trainer import AMP_DTYPES, Trainer
@@ -102,6 +102,12 @@ def make_evaluator(cfg: DictConfig, val_dataset, stats, info: du.DistInfo, outpu
     return evaluate
 
 
+def make_visualizer(cfg: DictConfig, val_dataset):
+    """``visualize(model) -> (N, 3, H, W) uint8``: the first ``eval.num_vis_images`` val images."""
+    indices = list(range(min(int(cfg.eval.num_vis_images), len(val_dataset))))
+    return lambda model: draw_predictions(model, val_dataset, indices, size_divisibility=int(cfg.data.size_divisibility))
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Train and evaluate as ``cfg`` says; returns rank 0's final metrics (None elsewhere or when stopped)."""
     log = get_logger()
@@ -146,6 +152,7 @@ def run(cfg: DictConfig) -> dict | None:
         dist_info=info, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         evaluate_fn=make_evaluator(cfg, val_ds, stats, info, output_dir, AMP_DTYPES.get(amp)) if cfg.eval.enabled else None,
         generators=generators, extra_state={"stats": stats.to_dict()},
+        visualize_fn=make_visualizer(cfg, val_ds) if cfg.eval.enabled and cfg.eval.num_vis_images > 0 else None,
     )
     trainer.resume_or_start(cfg.resume)
     metrics = trainer.train()

@@ -54,7 +54,12 @@ def test_thirty_iteration_run_loss_decreases_and_results_load_in_lvis_api(tmp_pa
     final = out / "inference" / "iter_0000030"
     assert json.loads((final / "metrics.json").read_text())
     assert [r["iteration"] for r in rows(out) if "eval" in r] == [30]
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "val/predictions" in events.Tags()["images"]
+    assert {"train/loss_cls", "train/lr", "train/img_per_s", "eval_bbox/APr", "eval_segm/AP1"} <= set(events.Tags()["scalars"])
 
     gt = LVIS(cfg.data.val.ann_file)
     results_path = final / "results.json"

@@ -74,6 +74,38 @@ def run_inference(
     return [out_dir / SHARD_PATTERN.format(rank=r) for r in range(world_size)]
 
 
+@torch.no_grad()
+def draw_predictions(model: nn.Module, dataset, indices: Sequence[int], score_thresh: float = 0.3,
+                     max_boxes: int = 20, size_divisibility: int = 32) -> torch.Tensor:
+    """Predictions drawn on val images for TensorBoard: ``(N, 3, H, W)`` uint8, zero-padded to the
+    largest image; at most ``max_boxes`` boxes with score >= ``score_thresh``, named by class."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from ltseg.data.collate import collate
+
+    if not len(indices):
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        batch = collate([dataset[i] for i in indices], size_divisibility).to(device)
+        outputs = model(batch.images, batch.image_sizes, orig_sizes=batch.orig_sizes)
+    finally:
+        model.train(was_training)
+    names = dataset.stats.names
+    drawn = []
+    for i, out in zip(indices, outputs):
+        keep = (out["scores"] >= score_thresh).nonzero().flatten()[:max_boxes].cpu()
+        labels = [f"{names[int(c)]} {float(sc):.2f}" for c, sc in zip(out["labels"][keep], out["scores"][keep])]
+        drawn.append(draw_bounding_boxes(dataset.load_image(i), out["boxes"][keep].cpu(), labels, width=2))
+    h, w = max(d.shape[1] for d in drawn), max(d.shape[2] for d in drawn)
+    canvas = torch.zeros(len(drawn), 3, h, w, dtype=torch.uint8)
+    for k, d in enumerate(drawn):
+        canvas[k, :, : d.shape[1], : d.shape[2]] = d
+    return canvas
+
+
 def merge_shards(shards: Sequence[str | Path], path: str | Path) -> Path:
     """Concatenate JSON-list shards into one results file, one shard in memory at a time."""
     path = Path(path)

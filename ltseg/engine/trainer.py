@@ -75,6 +75,8 @@ class Trainer:
             ``sampling``: anchor/RoI samplers); their states are checkpointed per rank.
         extra_state: plain-Python entries stored in every checkpoint (e.g. ``stats``: the
             training CategoryStats as a dict, so evaluation needs no training annotations).
+        visualize_fn: ``visualize_fn(model) -> (N, 3, H, W) uint8`` predictions drawn on a few
+            val images, logged to TensorBoard at every evaluation (rank 0), or None.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Trainer:
         evaluate_fn: Callable[[nn.Module, int], dict | None] | None = None,
         generators: Mapping[str, torch.Generator] | None = None,
         extra_state: Mapping[str, Any] | None = None,
+        visualize_fn: Callable[[nn.Module], torch.Tensor] | None = None,
     ) -> None:
         self.log = get_logger()
         self.cfg = cfg
@@ -110,6 +113,7 @@ class Trainer:
         self.evaluate_fn = evaluate_fn
         self.generators = dict(generators or {})
         self.extra_state = dict(extra_state or {})
+        self.visualize_fn = visualize_fn
         self.data_state = data_loader if hasattr(data_loader, "state_dict") else sampler
         amp = "off" if cfg["amp"] is False else str(cfg["amp"])  # YAML reads a bare `off` as false
         if amp not in AMP_DTYPES:
@@ -298,6 +302,9 @@ class Trainer:
         self.model.train()
         if metrics is not None:
             writer.evaluation(self.iteration, metrics)
+        if self.visualize_fn is not None and self.dist.is_main and writer.tb is not None:
+            writer.images(self.iteration, "val/predictions", self.visualize_fn(self.model))
+            self.model.train()
         return metrics
 
     def _stop(self, writer: MetricWriter) -> None:
