@@ -8,8 +8,46 @@ from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+DEPTHS = {
+    18: (resnet.BasicBlock, (2, 2, 2, 2)),
+    34: (resnet.BasicBlock, (3, 4, 6, 3)),
+    50: (resnet.Bottleneck, (3, 4, 6, 3)),
+    101: (resnet.Bottleneck, (3, 4, 23, 3)),
+}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ResNetBody(nn.Module):
+    """torchvision's ResNet (same blocks, module names and init) without the classifier, with a
+    configurable base ``width`` (64 = the standard networks; torchvision's weights need 64)."""
+
+    def __init__(self, depth: int, norm, width: int = 64):
+        super().__init__()
+        block, counts = DEPTHS[depth]
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for i, (name, count) in enumerate(zip(STAGES, counts)):
+            setattr(self, name, self._make_stage(block, width * 2 ** i, count, 1 if i == 0 else 2, norm))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.out_channels = [width * 2 ** i * block.expansion for i in range(4)]
+
+    def _make_stage(self, block, planes: int, count: int, stride: int, norm) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(resnet.conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       norm(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample, norm_layer=norm)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes, norm_layer=norm) for _ in range(count - 1)]
+        return nn.Sequential(*layers)
 
 
 def norm_layer(kind: str, num_groups: int = 32):
@@ -24,25 +62,21 @@ def norm_layer(kind: str, num_groups: int = 32):
 
 
 class ResNetBackbone(nn.Module):
-    """torchvision ResNet without its classifier; ``forward`` returns ``[C2, C3, C4, C5]``.
+    """ResNet ``body`` (``ResNetBody``); ``forward`` returns ``[C2, C3, C4, C5]``.
 
     ``freeze_at``: 0 trains everything, 1 freezes the stem, ``k >= 2`` also freezes
     ``layer1..layer{k-1}`` (detectron2's convention; torchvision's ``trainable_layers=3`` is 2).
     """
 
     def __init__(self, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 0, weights: str | None = None,
-                 num_groups: int = 32):
+                 num_groups: int = 32, width: int = 64):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"model.backbone.depth: {depth} not in {sorted(DEPTHS)}")
-        body = DEPTHS[depth](weights=None, norm_layer=norm_layer(norm, num_groups))
-        del body.fc, body.avgpool
-        self.body = body
+        self.body = ResNetBody(depth, norm_layer(norm, num_groups), width)
         if weights is not None:
             self.load_weights(weights)
-        block = body.layer1[0]
-        expansion = 4 if isinstance(block, resnet.Bottleneck) else 1
-        self.out_channels = [64 * expansion * 2 ** i for i in range(4)]
+        self.out_channels = self.body.out_channels
         self.strides = [4, 8, 16, 32]
         self.freeze(freeze_at)
 
@@ -64,7 +98,8 @@ class ResNetBackbone(nn.Module):
         if missing or unexpected or wrong:
             raise ValueError(
                 f"model.backbone.weights '{path}': not a torchvision ResNet state dict for this depth "
-                f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]})"
+                f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {wrong[:4]}; torchvision "
+                f"weights need model.backbone.width=64)"
             )
         self.body.load_state_dict(state, strict=False)
 

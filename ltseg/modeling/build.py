@@ -32,7 +32,7 @@ def build_model(model_cfg, loss: ClassificationLoss, stats: CategoryStats) -> Ma
     cfg: DictConfig = model_cfg if isinstance(model_cfg, DictConfig) else OmegaConf.create(model_cfg)
     num_classes = resolve_num_classes(cfg, stats)
     b = cfg.backbone
-    backbone = ResNetBackbone(b.depth, b.norm, b.freeze_at, b.weights, b.get("num_groups", 32))
+    backbone = ResNetBackbone(b.depth, b.norm, b.freeze_at, b.weights, b.get("num_groups", 32), b.get("width", 64))
     fpn = FPN(backbone.out_channels, cfg.fpn.out_channels, backbone.strides)
     a = cfg.anchors
     anchors = AnchorGenerator([list(s) for s in a.sizes], list(a.aspect_ratios), fpn.strides)

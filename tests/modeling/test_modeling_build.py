@@ -91,7 +91,8 @@ def test_weights_load_and_freeze(tmp_path):
     reference = resnet18()
     path = tmp_path / "r18.pth"
     torch.save(reference.state_dict(), path)
-    cfg = model_cfg("tiny", **{"backbone.weights": str(path), "backbone.norm": "FrozenBN", "backbone.freeze_at": 2})
+    cfg = model_cfg("tiny", **{"backbone.weights": str(path), "backbone.norm": "FrozenBN", "backbone.freeze_at": 2,
+                               "backbone.width": 64})
     model = build_model(cfg, LocalCE(), make_stats(C))
     torch.testing.assert_close(model.backbone.body.layer3[0].conv1.weight, reference.layer3[0].conv1.weight)
     torch.testing.assert_close(model.backbone.body.bn1.running_var, reference.bn1.running_var)
@@ -114,3 +115,17 @@ def test_bad_target_labels(tiny):
 def test_unknown_norm():
     with pytest.raises(ValueError, match="model.backbone.norm: unknown norm 'SyncBN'"):
         build_model(model_cfg("tiny", **{"backbone.norm": "SyncBN"}), LocalCE(), make_stats(C))
+
+
+def test_resnet_body_matches_torchvision_layout():
+    from torchvision.models import resnet50
+
+    from ltseg.modeling.backbone import ResNetBackbone
+
+    ours = ResNetBackbone(50, "BN").body.state_dict()
+    theirs = {k: v for k, v in resnet50().state_dict().items() if not k.startswith("fc.")}
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    narrow = ResNetBackbone(18, "GN", num_groups=16, width=32)
+    assert narrow.out_channels == [32, 64, 128, 256]
+    feats = narrow(torch.zeros(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in feats] == [(32, 16, 24), (64, 8, 12), (128, 4, 6), (256, 2, 3)]

@@ -63,8 +63,9 @@ def test_mask_head_gathers_the_class_logits():
     torch.nn.init.normal_(head.predictor.bias)
     x = torch.randn(6, 8, 14, 14, dtype=torch.float64)
     labels = torch.tensor([0, 4, 2, 2, 1, 3])
-    full = head.predictor(F.relu(head.deconv(head.convs(x))))  # (R, C, 28, 28)
+    full = head.predictor(F.relu(head.deconv(head.convs(x))))  # (R, C, 28, 28), plain deconvolution
     torch.testing.assert_close(head(x, labels), full[torch.arange(6), labels], rtol=1e-12, atol=1e-12)
     agnostic = MaskHead(8, num_classes=5, num_conv=1, conv_dim=8, class_agnostic=True)
     assert agnostic(x.float(), labels).shape == (6, 28, 28)
+
 
