@@ -164,3 +164,30 @@ def test_basic_launcher_multirun_over_losses(tmp_path):
     assert "loss: bce" in (tmp_path / runs[1] / ".hydra" / "overrides.yaml").read_text().replace("=", ": ")
     for r in runs:
         assert (tmp_path / r / "model_final.pt").exists() and (tmp_path / r / ".hydra" / "config.yaml").exists()
+
+
+def test_image_without_annotations_trains_as_background(tmp_path):
+    """An image whose annotations were all filtered out still gives finite losses (RPN and RoI
+    heads see only background)."""
+    from hydra.utils import instantiate
+
+    from ltseg.data.build import build_dataset
+    from ltseg.data.collate import collate
+    from ltseg.modeling import build_model
+
+    cfg = make_cfg(*SMALL)
+    ds = build_dataset(cfg.data, "train")
+    samples = [ds[0], ds[1]]
+    empty = torch.zeros(0, dtype=torch.bool)
+    samples[1] = {**samples[1], "boxes": samples[1]["boxes"][:0], "labels": samples[1]["labels"][:0],
+                  "masks": samples[1]["masks"][empty]}
+    batch = collate(samples, 32)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, instantiate(cfg.loss), ds.stats).train()
+    losses = model(batch.images, batch.image_sizes, batch.targets)
+    total = sum(losses.values())
+    total.backward()
+    assert all(torch.isfinite(v) for v in losses.values()) and torch.isfinite(total)
+    batch_bg = collate([samples[1]], 32)
+    losses_bg = model(batch_bg.images, batch_bg.image_sizes, batch_bg.targets)
+    assert all(torch.isfinite(v) for v in losses_bg.values())

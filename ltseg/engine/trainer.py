@@ -46,6 +46,10 @@ from ltseg.engine.checkpoint import (
 )
 from ltseg.engine.logging import MetricWriter, get_logger
 
+class _StopEvaluation(Exception):
+    """Raised by the signal handler to abandon an evaluation in progress."""
+
+
 def _is_worker_image_error(e: RuntimeError) -> bool:
     """DataLoader workers re-raise exceptions they cannot rebuild as ``RuntimeError("Caught X ...")``."""
     return str(e).startswith(("Caught CorruptImageError", "Caught FileNotFoundError"))
@@ -126,6 +130,7 @@ class Trainer:
         self.corrupt_skipped = 0
         self.stop_signal: int | None = None
         self._previous_handlers: dict = {}
+        self._evaluating = False
 
         if cfg["channels_last"]:
             model.to(memory_format=torch.channels_last)
@@ -140,7 +145,8 @@ class Trainer:
                 device_ids=[self.device] if self.device.type == "cuda" else None,
                 find_unused_parameters=bool(cfg["find_unused_parameters"]),
             )
-        check_disk_space(self.output_dir, checkpoint_bytes(model, optimizer) * max(int(cfg["keep_last"]), 1))
+        if dist_info.is_main:  # only rank 0 writes
+            check_disk_space(self.output_dir, checkpoint_bytes(model, optimizer) * max(int(cfg["keep_last"]), 1))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict | None:
@@ -233,6 +239,9 @@ class Trainer:
                     self.save(checkpoint_name(self.iteration))
                 if eval_period > 0 and self.iteration % eval_period == 0 and self.iteration < self.max_iter:
                     self._evaluate(writer)
+                    if self.stop_signal is not None:
+                        self._stop(writer)
+                        return None
             else:
                 self.save(FINAL_NAME)
                 return self._evaluate(writer)
@@ -298,8 +307,15 @@ class Trainer:
     def _evaluate(self, writer: MetricWriter) -> dict | None:
         if self.evaluate_fn is None:
             return None
-        metrics = self.evaluate_fn(self.model, self.iteration)
-        self.model.train()
+        self._evaluating = True
+        try:
+            metrics = self.evaluate_fn(self.model, self.iteration)
+        except _StopEvaluation:
+            self.log.warning(f"evaluation at iteration {self.iteration} interrupted by {signal.Signals(self.stop_signal).name}")
+            return None
+        finally:
+            self._evaluating = False
+            self.model.train()
         if metrics is not None:
             writer.evaluation(self.iteration, metrics)
         if self.visualize_fn is not None and self.dist.is_main and writer.tb is not None:
@@ -336,6 +352,8 @@ class Trainer:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.stop_signal = signum
+            if self._evaluating:  # evaluation can take long: abandon it, checkpoint and stop
+                raise _StopEvaluation
             return None
 
         signals = [signal.SIGTERM, signal.SIGINT]

@@ -148,3 +148,47 @@ def test_forked_children_keep_default_sigterm(tmp_path):
         assert exitcode == -signal.SIGTERM and trainer.stop_signal is None
     finally:
         restore()
+
+
+def test_channels_last_trains(tmp_path):
+    trainer = build(tmp_path, trainer_overrides={"channels_last": True}, schedule_overrides={"max_iter": 2})
+    trainer.train()
+    assert trainer.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert trainer.skipped_steps == 0
+
+
+def test_compile_needs_a_backbone(tmp_path):
+    with pytest.raises(ValueError, match="trainer.compile=true needs a model with a .backbone"):
+        build(tmp_path, trainer_overrides={"compile": True})
+
+
+def test_sigterm_during_evaluation_abandons_it_and_checkpoints(tmp_path):
+    import time
+
+    calls = []
+
+    def slow_evaluation(model, iteration):
+        calls.append(iteration)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # interrupted by the handler
+        return {"bbox": {"AP": 1.0}}
+
+    trainer = build(tmp_path, trainer_overrides={"eval_period": 4, "checkpoint_period": 0})
+    trainer.evaluate_fn = slow_evaluation
+    t0 = time.time()
+    assert trainer.train() is None
+    assert time.time() - t0 < 20 and calls == [4]
+    assert trainer.stop_signal == signal.SIGTERM and trainer.iteration == 4
+    assert torch.load(tmp_path / "checkpoint_0000004.pt", weights_only=True)["iteration"] == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_periodic_evaluation_is_logged(tmp_path):
+    seen = []
+    trainer = build(tmp_path, trainer_overrides={"eval_period": 5})
+    trainer.evaluate_fn = lambda model, it: seen.append(it) or {"bbox": {"AP": float(it)}}
+    metrics = trainer.train()
+    assert seen == [5, 10, 12]
+    assert metrics == {"bbox": {"AP": 12.0}} and trainer.model.training
+    evals = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert [e["iteration"] for e in evals] == [5, 10, 12]
