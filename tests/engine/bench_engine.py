@@ -70,9 +70,12 @@ def bench_overhead(iters: int, repeats: int) -> None:
     bare_loop(model, optimizer, batch, 2)  # warm-up
     bare, loop = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeats):
+        for r in range(repeats):  # alternate which goes first
+            if r % 2:
+                loop.append(trainer_loop(cfg, model, optimizer, batch, iters, Path(tmp)))
             bare.append(bare_loop(model, optimizer, batch, iters))
-            loop.append(trainer_loop(cfg, model, optimizer, batch, iters, Path(tmp)))
+            if not r % 2:
+                loop.append(trainer_loop(cfg, model, optimizer, batch, iters, Path(tmp)))
     b, t = statistics.median(bare), statistics.median(loop)
     print(f"trainer overhead (tiny, {len(batch)} images of 128 px): bare {b * 1e3:.0f} ms/it, "
           f"Trainer {t * 1e3:.0f} ms/it, ratio Trainer/bare = {t / b:.3f}")
@@ -85,8 +88,8 @@ def bench_autocast(iters: int, repeats: int) -> None:
     times = {k: [] for k in modes}
     for dtype in modes.values():
         bare_loop(model, optimizer, batch, 1, dtype)
-    for _ in range(repeats):
-        for name, dtype in modes.items():
+    for r in range(repeats):
+        for name, dtype in list(modes.items())[r % 3:] + list(modes.items())[: r % 3]:  # rotate the order
             times[name].append(bare_loop(model, optimizer, batch, iters, dtype))
     base = statistics.median(times["fp32"])
     print("CPU autocast, tiny train step: " + ", ".join(
