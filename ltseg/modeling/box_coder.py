@@ -44,8 +44,11 @@ class BoxCoder:
         )
 
     def decode(self, deltas: Tensor, references: Tensor) -> Tensor:
-        """``(N, 4k)`` deltas (k boxes per reference, e.g. one per class), ``(N, 4)`` -> ``(N, 4k)`` boxes."""
-        references = references.to(deltas.dtype)
+        """``(N, 4k)`` deltas (k boxes per reference, e.g. one per class), ``(N, 4)`` -> ``(N, 4k)`` boxes.
+
+        Computed in at least float32 (half-precision deltas under AMP would cost pixels)."""
+        dtype = torch.promote_types(torch.promote_types(deltas.dtype, references.dtype), torch.float32)
+        deltas, references = deltas.to(dtype), references.to(dtype)
         wx, wy, ww, wh = self.weights
         ref_w = references[:, 2] - references[:, 0]
         ref_h = references[:, 3] - references[:, 1]

@@ -48,15 +48,18 @@ class MultiScaleRoIAlign(nn.Module):
 
     def forward(self, features: list[Tensor], boxes: list[Tensor]) -> Tensor:
         """``features[l] (B, C, H_l, W_l)``, per-image ``boxes (R_i, 4)`` -> ``(sum R_i, C, S, S)``."""
-        rois = boxes_to_rois(boxes).to(features[0].dtype)
+        # at least float32: half-precision RoI coordinates would be off by pixels (torchvision's
+        # autocast rule for roi_align computes in float32 as well)
+        dtype = torch.promote_types(features[0].dtype, torch.float32)
+        rois = boxes_to_rois(boxes).to(dtype)
         s = self.output_size
         if len(features) == 1:
-            return roi_align(features[0], rois, s, 1.0 / self.strides[0], self.sampling_ratio, self.aligned)
+            return roi_align(features[0].to(dtype), rois, s, 1.0 / self.strides[0], self.sampling_ratio, self.aligned)
         levels = assign_levels(rois[:, 1:], self.min_level, self.max_level, self.canonical_box_size,
                                self.canonical_level)
-        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], s, s))
+        out = rois.new_zeros((rois.shape[0], features[0].shape[1], s, s))
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if idx.numel():
-                out[idx] = roi_align(feature, rois[idx], s, 1.0 / stride, self.sampling_ratio, self.aligned).to(out.dtype)
+                out[idx] = roi_align(feature.to(dtype), rois[idx], s, 1.0 / stride, self.sampling_ratio, self.aligned)
         return out

@@ -36,3 +36,10 @@ def test_decode_multiple_boxes_per_reference_and_clamp():
     torch.testing.assert_close(out[0, 0], ref[0])
     # dw clamped at log(1000/16): the box is at most 1000 px wide
     torch.testing.assert_close(out[0, 1, 2] - out[0, 1, 0], torch.tensor(1000.0), rtol=1e-5, atol=1e-3)
+
+
+def test_decode_half_deltas_in_float32():
+    ref = torch.tensor([[1000.3, 1000.7, 1100.1, 1100.9]])  # not representable in float16 (0.5 px steps)
+    out = BoxCoder((1, 1, 1, 1)).decode(torch.zeros(1, 4, dtype=torch.float16), ref)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-3, rtol=0)

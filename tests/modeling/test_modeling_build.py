@@ -129,3 +129,12 @@ def test_resnet_body_matches_torchvision_layout():
     assert narrow.out_channels == [32, 64, 128, 256]
     feats = narrow(torch.zeros(1, 3, 64, 96))
     assert [tuple(f.shape[1:]) for f in feats] == [(32, 16, 24), (64, 8, 12), (128, 4, 6), (256, 2, 3)]
+
+
+def test_tiny_train_step_under_autocast(tiny):
+    images, sizes, targets = make_batch(C, size=(96, 128))
+    tiny.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = tiny(images, sizes, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
