@@ -25,6 +25,25 @@ def load_json(path: str | Path):
     return orjson.loads(data)
 
 
+def _positions(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Index of each of ``ids`` in the ascending unique ``table`` (int64), -1 where absent.
+
+    A lookup table over ``[table[0], table[-1]]`` when that range is small (LVIS ids are), else
+    a binary search.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(table) == 0:
+        return np.full(len(ids), -1, np.int64)
+    lo, hi = int(table[0]), int(table[-1])
+    if hi - lo <= 16 * len(table) + 65536:
+        lut = np.full(hi - lo + 1, -1, np.int64)
+        lut[table - lo] = np.arange(len(table))
+        found = lut[np.clip(ids, lo, hi) - lo]
+        return np.where((ids >= lo) & (ids <= hi), found, -1)
+    idx = np.searchsorted(table, ids).clip(0, len(table) - 1)
+    return np.where(table[idx] == ids, idx, -1)
+
+
 @dataclass
 class GroundTruth:
     """Ground truth arrays. ``I`` images, ``K`` categories, ``M`` kept annotations.
@@ -56,15 +75,11 @@ class GroundTruth:
 
     def image_index(self, image_ids: np.ndarray) -> np.ndarray:
         """Image ids -> image indices; -1 where unknown."""
-        idx = np.searchsorted(self.image_ids, image_ids).clip(0, max(len(self.image_ids) - 1, 0))
-        ok = self.image_ids[idx] == image_ids if len(self.image_ids) else np.zeros(len(image_ids), bool)
-        return np.where(ok, idx, -1)
+        return _positions(self.image_ids, image_ids)
 
     def cat_index(self, cat_ids: np.ndarray) -> np.ndarray:
         """Category ids -> category indices; -1 where unknown."""
-        idx = np.searchsorted(self.cat_ids, cat_ids).clip(0, max(len(self.cat_ids) - 1, 0))
-        ok = self.cat_ids[idx] == cat_ids if len(self.cat_ids) else np.zeros(len(cat_ids), bool)
-        return np.where(ok, idx, -1)
+        return _positions(self.cat_ids, cat_ids)
 
     @classmethod
     def load(cls, gt: "str | Path | dict | GroundTruth") -> "GroundTruth":

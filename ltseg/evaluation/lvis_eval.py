@@ -15,11 +15,10 @@ import pycocotools.mask as mask_utils
 from .accumulate import accumulate, per_category, rank_order, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
-from .matching import box_iou_pairs, greedy_match, gt_to_rle, mask_iou_groups
-from . import parallel
-from .parallel import default_workers, parallel_map
+from .matching import box_iou_pairs, greedy_match, gt_to_rle, measure_masks
+from .parallel import default_workers
 from .params import AREA_RNG, MAX_DETS
-from .results import Detections, load_results, rle_area
+from .results import Detections, load_results
 from .sorting import lexsort
 
 IOU_TYPES = ("bbox", "segm")
@@ -70,14 +69,6 @@ def _first_kept(img: np.ndarray, score: np.ndarray, max_dets: int) -> int:
     return 0
 
 
-def _mask_areas(det: Detections, rows: np.ndarray, workers: int) -> np.ndarray:
-    """Mask pixel counts of detections ``rows`` (float64), computed in forked workers."""
-    pieces = max(1, min(workers, len(rows) // parallel.MIN_DETS_PER_WORKER))
-    pieces = [p for p in np.array_split(rows, pieces) if len(p)]
-    parts = parallel_map(lambda p: rle_area(det.rles(p)), pieces, workers)
-    return np.concatenate(parts) if parts else np.zeros(0)
-
-
 def _require(det: Detections, mask: np.ndarray, what: str) -> None:
     bad = np.flatnonzero(mask)
     if len(bad):
@@ -86,9 +77,10 @@ def _require(det: Detections, mask: np.ndarray, what: str) -> None:
                          f"{what}" + (f" [{len(bad)} such detections]" if len(bad) > 1 else ""))
 
 
-def select(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
-           workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Detections lvis-api evaluates, ascending, and their areas: cap -> branch -> filters.
+def select(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS
+           ) -> tuple[np.ndarray, bool]:
+    """Detections lvis-api evaluates before its ``0 < area < inf`` filter, ascending, and
+    whether their area is the mask area: cap -> branch -> known category -> federated rule.
 
     For ``segm`` the area is the mask area (detectron2 drops ``bbox`` before segm evaluation);
     for ``bbox`` it is ``w * h``, or the mask area when the (capped) first result has no
@@ -112,15 +104,13 @@ def select(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_
         if len(missing):
             det.bbox[missing] = mask_utils.toBbox(det.rles(missing)).reshape(-1, 4)
             det.has_bbox[missing] = True
-    # known category and the federated rule (c in pos(I) or neg(I)), then 0 < area < inf;
-    # lvis-api filters area first, but the filters commute and masks are costly to measure
+    # known category and the federated rule (c in pos(I) or neg(I)); lvis-api filters
+    # 0 < area < inf first, but the filters commute and masks are costly to measure
     num_k = gt.num_categories
     keep = keep[d_cat[keep] >= 0]
     key = d_img[keep] * num_k + d_cat[keep]
     keep = keep[np.isin(key, gt.ann_img * num_k + gt.ann_cat) | np.isin(key, gt.neg_keys)]
-    area = _mask_areas(det, keep, workers) if mask_area else det.bbox[keep, 2] * det.bbox[keep, 3]
-    ok = (area > 0) & (area < np.inf)
-    return keep[ok], area[ok]
+    return keep, mask_area
 
 
 def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
@@ -129,17 +119,40 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
     num_k = gt.num_categories
-    keep, d_area = select(gt, det, iou_type, max_dets, workers)
+    keep, mask_area = select(gt, det, iou_type, max_dets)
     img, cat, score = gt.image_index(det.image_id[keep]), gt.cat_index(det.category_id[keep]), det.score[keep]
     key = img * num_k + cat                          # (image, category) group
     order = lexsort((keep, -score, key))             # groups, then (score desc, input order)
-    keep, img, cat, score, key, d_area = (a[order] for a in (keep, img, cat, score, key, d_area))
+    keep, img, cat, score, key = (a[order] for a in (keep, img, cat, score, key))
 
     gt_key = gt.ann_img * num_k + gt.ann_cat
     g_order = np.argsort(gt_key, kind="stable")      # groups, JSON order inside
     g_key, g_area = gt_key[g_order], gt.ann_area[g_order]
     lo, hi = AREA_RNG[:, 0], AREA_RNG[:, 1]
     g_ignore = gt.ann_ignore[g_order][:, None] | (g_area[:, None] < lo) | (g_area[:, None] > hi)  # (M, A)
+
+    mask_iou = None
+    if mask_area:                                    # areas (and segm IoU) in one pass over the RLEs
+        g_first = np.searchsorted(g_key, key)
+        g_count = np.searchsorted(g_key, key, side="right") - g_first
+        if iou_type == "bbox":
+            g_count = np.zeros_like(g_count)
+        g_img, hw, segm = gt.ann_img[g_order], gt.image_hw, gt.ann_segm
+
+        def dt_rles(a, b):
+            return det.rles(keep[a:b])
+
+        def gt_rles(a, b):
+            return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
+                    for j in range(a, b)]
+
+        d_area, mask_iou = measure_masks(key, g_first, g_count, dt_rles, gt_rles, workers)
+    else:
+        d_area = det.bbox[keep, 2] * det.bbox[keep, 3]
+    ok = (d_area > 0) & (d_area < np.inf)            # lvis-api's get_ann_ids area filter
+    if mask_iou is not None:
+        mask_iou = mask_iou[np.repeat(ok, g_count)]
+    keep, img, cat, score, key, d_area = (a[ok] for a in (keep, img, cat, score, key, d_area))
 
     # matching groups: (image, category) with both detections and GT; (det, GT) pairs inside
     groups = np.unique(key)
@@ -152,24 +165,12 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
     r_rank = rows - np.searchsorted(key, key[rows])
     ng = g_num[r_group]
     pair_start = np.concatenate([[0], np.cumsum(ng)[:-1]]).astype(np.int64)
-    p_det = np.repeat(np.arange(len(rows)), ng)
-    p_gt = np.repeat(g_start[r_group] - pair_start, ng) + np.arange(int(ng.sum()))
-
     if iou_type == "bbox":
+        p_det = np.repeat(np.arange(len(rows)), ng)
+        p_gt = np.repeat(g_start[r_group] - pair_start, ng) + np.arange(int(ng.sum()))
         iou = box_iou_pairs(det.bbox[keep[rows]][p_det], gt.ann_bbox[g_order][p_gt])
     else:
-        g_img, hw, segm, row_det = gt.ann_img[g_order], gt.image_hw, gt.ann_segm, keep[rows]
-
-        def dt_rles(a, b):
-            return det.rles(row_det[a:b])
-
-        def gt_rles(a, b):
-            return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
-                    for j in range(a, b)]
-
-        m_start = np.searchsorted(r_group, np.arange(len(groups)))
-        m_num = np.searchsorted(r_group, np.arange(len(groups)), side="right") - m_start
-        iou = mask_iou_groups(m_start, m_num, g_start, g_num, dt_rles, gt_rles, workers)
+        iou = mask_iou                               # same layout: rows in order, GTs in order
     match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
 
     rank = rank_order(cat, score, img, keep)

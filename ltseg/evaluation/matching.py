@@ -12,6 +12,7 @@ import pycocotools.mask as mask_utils
 from . import parallel
 from .parallel import parallel_map
 from .params import IOU_THRS
+from .results import rle_area
 from .sorting import lexsort
 
 
@@ -38,33 +39,44 @@ def gt_to_rle(segm, h: int, w: int) -> dict:
     return segm
 
 
-def _mask_iou_groups(task) -> np.ndarray:
-    """Mask IoU blocks (dets x GTs, row-major) of consecutive groups, concatenated."""
-    dt_rles, gt_rles, d_bounds, g_bounds = task
-    out = [np.asarray(mask_utils.iou(dt_rles(da, db), gt_rles(ga, gb), [0] * (gb - ga)),
-                      dtype=np.float64).reshape(-1)
-           for (da, db), (ga, gb) in zip(d_bounds, g_bounds)]
-    return np.concatenate(out) if out else np.zeros(0)
+def _measure_masks(task) -> tuple[np.ndarray, np.ndarray]:
+    """Areas of rows ``a:b`` and the IoU blocks of their groups (one worker's share)."""
+    dt_rles, gt_rles, a, b, key, g_start, g_num = task
+    rles = dt_rles(a, b)                         # each RLE dict is built once, for both uses
+    area = rle_area(rles)
+    blocks = []
+    lo = np.flatnonzero(np.r_[True, key[a + 1:b] != key[a:b - 1]]) + a      # first row per group
+    for ra, rb in zip(lo.tolist(), np.r_[lo[1:], b].tolist()):
+        ga, ng = int(g_start[ra]), int(g_num[ra])
+        if ng:
+            iou = mask_utils.iou(rles[ra - a:rb - a], gt_rles(ga, ga + ng), [0] * ng)
+            blocks.append(np.asarray(iou, dtype=np.float64).reshape(-1))
+    return area, (np.concatenate(blocks) if blocks else np.zeros(0))
 
 
-def mask_iou_groups(d_start: np.ndarray, d_num: np.ndarray, g_start: np.ndarray, g_num: np.ndarray,
-                    dt_rles, gt_rles, workers: int) -> np.ndarray:
-    """Mask IoU through pycocotools' ``rleIou`` for every (image, category) group, ``(P,)``.
+def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt_rles, gt_rles,
+                  workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask areas of ``N`` detection rows and their mask IoU with the GT of their group.
 
-    Group ``g`` pairs its det rows ``d_start[g]:+d_num[g]`` with its GT rows
-    ``g_start[g]:+g_num[g]``; the output is each group's (dets x GTs) block, row-major, groups
-    in order (the pair layout :func:`greedy_match` reads). ``dt_rles(a, b)`` / ``gt_rles(a, b)``
-    give the RLE dicts of rows ``a:b``. Groups are spread over ``workers`` forked processes.
+    Rows are sorted by group ``key``; row ``d`` meets GT rows ``g_start[d]:+g_num[d]``
+    (``g_num`` 0: no GT of its (image, category), area only). ``dt_rles(a, b)`` /
+    ``gt_rles(a, b)`` give the RLE dicts of rows ``a:b``. Returns areas ``(N,)`` float64 and
+    the IoU (pycocotools ``rleIou``) of each row with each of its GTs, ``(sum(g_num),)``, rows
+    in order (the pair layout :func:`greedy_match` reads). One pycocotools call per group;
+    the rows are cut at group boundaries into pieces for ``workers`` forked processes.
     """
-    if len(d_start) == 0:
-        return np.zeros(0)
-    cost = np.cumsum(d_num * g_num + d_num + g_num)
-    pieces = max(1, min(workers, len(d_start), int(d_num.sum()) // parallel.MIN_DETS_PER_WORKER))
+    n = len(key)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    pieces = max(1, min(workers, n // parallel.MIN_DETS_PER_WORKER))
+    cost = np.cumsum(1 + g_num)
     cut = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1])
-    groups = [g for g in np.split(np.arange(len(d_start)), cut) if len(g)]
-    tasks = [(dt_rles, gt_rles, list(zip(d_start[g].tolist(), (d_start[g] + d_num[g]).tolist())),
-              list(zip(g_start[g].tolist(), (g_start[g] + g_num[g]).tolist()))) for g in groups]
-    return np.concatenate(parallel_map(_mask_iou_groups, tasks, workers))
+    cut = np.unique(np.searchsorted(key, key[np.minimum(cut, n - 1)]))     # at group starts
+    bounds = np.r_[0, cut[cut > 0], n]
+    tasks = [(dt_rles, gt_rles, int(a), int(b), key, g_start, g_num)
+             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    parts = parallel_map(_measure_masks, tasks, workers)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def greedy_match(iou: np.ndarray, pair_start: np.ndarray, det_group: np.ndarray, det_rank: np.ndarray,

@@ -1,0 +1,71 @@
+"""The evaluator's fast paths against their plain definitions: id lookup, GC pause, mask pass."""
+import gc
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+
+from ltseg.evaluation import parallel
+from ltseg.evaluation.gt import _positions
+from ltseg.evaluation.matching import measure_masks
+
+
+def _reference_positions(table, ids):
+    idx = np.searchsorted(table, ids).clip(0, max(len(table) - 1, 0))
+    return np.where(len(table) and table[idx] == ids, idx, -1) if len(table) else np.full(len(ids), -1)
+
+
+@pytest.mark.parametrize("table", [[3, 4, 9, 12], [5], [-7, 0, 2], [1, 10**12, 2 * 10**12], []])
+def test_id_lookup_matches_binary_search(table):
+    table = np.array(table, dtype=np.int64)
+    ids = np.array([3, 4, 9, 12, 5, -7, 0, 2, 1, 10**12, 2 * 10**12, -1, 6, 13, 2**62, -2**62, 11],
+                   dtype=np.int64)
+    assert np.array_equal(_positions(table, ids), _reference_positions(table, ids))
+
+
+def _gc_state(_):
+    return gc.isenabled()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parallel_map_pauses_gc_and_restores_it(enabled):
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert parallel.parallel_map(_gc_state, range(3), 1) == [False] * 3
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
+
+
+def _box_rle(x, y, w, h, size=(40, 50)):
+    return mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], *size)[0]
+
+
+def test_mask_pass_matches_per_group_pycocotools(monkeypatch):
+    """Areas of every row, IoU blocks (rows in order, GTs in order) only for rows with GT, for
+    any cut of the rows into worker pieces."""
+    rng = np.random.default_rng(0)
+    gts = [_box_rle(*rng.integers(0, 20, 4) + [0, 0, 1, 1]) for _ in range(6)]
+    # groups (by key): 3 rows with GT 0..1, 2 rows without GT, 4 rows with GT 2..4, 1 row with GT 5
+    key = np.array([1, 1, 1, 4, 4, 7, 7, 7, 7, 9])
+    g_start = np.array([0, 0, 0, 2, 2, 2, 2, 2, 2, 5])
+    g_num = np.array([2, 2, 2, 0, 0, 3, 3, 3, 3, 1])
+    dets = [_box_rle(*rng.integers(0, 20, 4) + [0, 0, 1, 1]) for _ in range(len(key))]
+    dets[3] = _box_rle(0, 0, 0, 0)                              # empty mask: area 0
+
+    def dt_rles(a, b):
+        return dets[a:b]
+
+    def gt_rles(a, b):
+        return gts[a:b]
+
+    want_area = mask_utils.area(dets).astype(np.float64)
+    want_iou = np.concatenate([mask_utils.iou(dets[a:b], gts[s:s + n], [0] * n).reshape(-1)
+                               for a, b, s, n in [(0, 3, 0, 2), (5, 9, 2, 3), (9, 10, 5, 1)]])
+    monkeypatch.setattr(parallel, "MIN_DETS_PER_WORKER", 1)
+    for workers in (1, 2, 3, 4):
+        area, iou = measure_masks(key, g_start, g_num, dt_rles, gt_rles, workers)
+        assert np.array_equal(area, want_area)
+        assert np.array_equal(iou, want_iou)
+    area, iou = measure_masks(key[:0], g_start[:0], g_num[:0], dt_rles, gt_rles, 2)
+    assert area.shape == iou.shape == (0,)
