@@ -138,3 +138,21 @@ def test_tiny_train_step_under_autocast(tiny):
         losses = tiny(images, sizes, targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
+
+
+def test_4conv1fc_gn_and_class_agnostic_heads():
+    torch.manual_seed(0)
+    cfg = model_cfg("tiny", **{"roi_heads.box_head.num_conv": 4, "roi_heads.box_head.num_fc": 1,
+                               "roi_heads.box_head.norm": "GN", "roi_heads.box_head.class_agnostic": True,
+                               "roi_heads.mask_head.class_agnostic": True, "roi_heads.mask_head.norm": "GN"})
+    model = build_model(cfg, LocalCE(), make_stats(C))
+    heads = model.roi_heads
+    assert len(heads.box_head.convs) == 4 and isinstance(heads.box_head.convs[0][1], torch.nn.GroupNorm)
+    assert heads.box_predictor.bbox_pred.out_features == 4 and heads.mask_head.predictor.out_channels == 1
+    images, sizes, targets = make_batch(C, size=(96, 96))
+    losses = model(images, sizes, targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    det = model.detect(images, sizes)
+    assert det[0]["mask_probs"].shape[1:] == (28, 28) and len(det[0]["boxes"]) > 0
