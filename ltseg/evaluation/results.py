@@ -12,7 +12,8 @@ import json
 import re
 from dataclasses import dataclass
 from itertools import chain
-from operator import itemgetter
+from functools import cache
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,8 @@ _bbox = itemgetter("bbox")
 _segm = itemgetter("segmentation")
 _counts = itemgetter("counts")
 _size = itemgetter("size")
+_image_id_attr, _category_id_attr, _score_attr, _bbox_attr, _segm_attr, _counts_attr, _size_attr = (
+    attrgetter(k) for k in ("image_id", "category_id", "score", "bbox", "segmentation", "counts", "size"))
 
 
 @dataclass
@@ -199,7 +202,10 @@ def _parse(ch: _Chunk) -> dict:
     if ch.items is not None:
         items = ch.items[ch.span[0]:ch.span[1]]
     else:
-        raw = ch.data if ch.span is None else b"[" + ch.data[ch.span[0]:ch.span[1]] + b"]"
+        raw = ch.data if ch.span is None else _bracketed(ch.data, *ch.span)
+        out = _parse_typed(raw, ch.segm)
+        if out is not None:
+            return out
         items = _loads(raw, ch.source)
         if not isinstance(items, list):
             raise ValueError(f"{ch.source}: results must be a JSON list of detections, "
@@ -240,14 +246,79 @@ def _parse(ch: _Chunk) -> dict:
     except (KeyError, TypeError, ValueError):
         counts, hw, has_segm = _segm_slow(items, ch.image_hw)
     try:
-        buf = "".join(counts).encode("ascii")
+        out.update(_pack_counts(counts), has_segm=has_segm, hw=hw)
     except UnicodeEncodeError:
         raise _Bad(next(j for j, c in enumerate(counts) if not c.isascii()),
                    "RLE counts is not an ASCII string") from None
-    lens = np.fromiter(map(len, counts), dtype=np.int64, count=n)
-    ends = np.cumsum(lens)
-    out.update(has_segm=has_segm, hw=hw, buffer=buf, cstart=ends - lens, cend=ends)
     return out
+
+
+def _pack_counts(counts: list) -> dict:
+    """RLE ``counts`` strings -> one ASCII buffer and each string's ``[cstart, cend)`` in it."""
+    buf = "".join(counts).encode("ascii")
+    lens = np.fromiter(map(len, counts), dtype=np.int64, count=len(counts))
+    ends = np.cumsum(lens)
+    return {"buffer": buf, "cstart": ends - lens, "cend": ends}
+
+
+@cache
+def _typed_decoder(segm: bool):
+    """msgspec decoder of a results list in the common layout (None without msgspec)."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+
+    fields = [("image_id", int), ("category_id", int), ("score", float),
+              ("bbox", tuple[float, float, float, float])]
+    if segm:
+        rle = msgspec.defstruct("RLE", [("size", tuple[int, int]), ("counts", str)], gc=False)
+        fields.append(("segmentation", rle))
+    record = msgspec.defstruct("Result", fields, gc=False)   # other fields: skipped, never built
+
+    return msgspec.json.Decoder(list[record]), msgspec.DecodeError
+
+
+def _parse_typed(raw: bytes, segm: bool) -> dict | None:
+    """Fast path for results that all have integer ids, a numeric score, a 4-number ``bbox`` and
+    (``segm``) a compressed RLE: msgspec decodes them into typed records and skips every other
+    field without building it (for bbox evaluation, the RLE strings). None when any result
+    differs (or msgspec is missing): the general parser then decides, and words any error.
+    """
+    decoder = _typed_decoder(segm)
+    if decoder is None:
+        return None
+    decode, error = decoder
+    try:
+        items = decode.decode(raw)
+    except error:
+        return None
+    n = len(items)
+    out = {"n": n}
+    if n == 0:
+        return out
+    out["ids"] = np.stack([np.fromiter(map(_image_id_attr, items), np.int64, n),
+                           np.fromiter(map(_category_id_attr, items), np.int64, n)], 1)
+    out["score"] = np.fromiter(map(_score_attr, items), np.float64, n)
+    out["bbox"] = np.fromiter(chain.from_iterable(map(_bbox_attr, items)), np.float64, 4 * n).reshape(n, 4)
+    out["has_bbox"], out["first_has_bbox"] = np.ones(n, bool), True
+    if segm:
+        rles = list(map(_segm_attr, items))
+        try:
+            out.update(_pack_counts(list(map(_counts_attr, rles))))
+        except UnicodeEncodeError:
+            return None
+        out["hw"] = np.fromiter(chain.from_iterable(map(_size_attr, rles)), np.int64, 2 * n).reshape(n, 2)
+        out["has_segm"] = np.ones(n, bool)
+    return out
+
+
+def _bracketed(data: bytes, a: int, b: int) -> bytearray:
+    """``b"[" + data[a:b] + b"]"`` with a single copy of the span."""
+    raw = bytearray(b - a + 2)
+    raw[0], raw[-1] = ord("["), ord("]")
+    raw[1:-1] = memoryview(data)[a:b]
+    return raw
 
 
 def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:

@@ -69,3 +69,41 @@ def test_mask_pass_matches_per_group_pycocotools(monkeypatch):
         assert np.array_equal(iou, want_iou)
     area, iou = measure_masks(key[:0], g_start[:0], g_num[:0], dt_rles, gt_rles, 2)
     assert area.shape == iou.shape == (0,)
+
+
+@pytest.mark.parametrize("segm", [False, True])
+def test_typed_fast_path_equals_general_parser(segm):
+    """msgspec's typed records give the same arrays as the general (orjson/json) parser, and
+    inputs outside the common layout fall back to it."""
+    import json
+
+    from ltseg.evaluation import results as R
+    from ltseg.evaluation.cases import make_case
+
+    _, res = make_case(4, num_images=6, score_decimals=None)
+    res[0]["score"] = 1                                       # an integer score is a number too
+    res[1]["bbox"] = [1, 2, 3, 4]
+    res[2]["extra"] = {"nested": [1, "x"]}                    # unknown fields are skipped
+    raw = json.dumps(res).encode()
+    fast = R._parse_typed(raw, segm)
+    assert fast is not None
+    general = R._parse(R._Chunk("r", items=json.loads(raw), span=(0, len(res)), segm=segm))
+    assert fast.keys() == general.keys()
+    for k, v in general.items():
+        assert np.array_equal(fast[k], v) if isinstance(v, np.ndarray) else fast[k] == v, k
+    for bad in ({"image_id": 1.0}, {"score": True}, {"bbox": [1, 2, 3]}, {"bbox": None},
+                {"category_id": "3"}):
+        odd = [dict(d) for d in res]
+        odd[-1].update(bad)
+        assert R._parse_typed(json.dumps(odd).encode(), segm) is None, bad
+    odd = [dict(d) for d in res]
+    del odd[3]["bbox"]
+    assert R._parse_typed(json.dumps(odd).encode(), segm) is None
+    if segm:
+        odd[3]["bbox"] = [0, 0, 1, 1]
+        odd[3]["segmentation"] = [[0, 0, 5, 0, 5, 5]]           # polygons: general path
+        assert R._parse_typed(json.dumps(odd).encode(), segm) is None
+    assert R._parse_typed(b"[1, 2]", segm) is None
+    assert R._parse_typed(b'{"a": 1}', segm) is None
+    assert R._parse_typed(b"[NaN]", segm) is None
+    assert R._parse_typed(b"[]", segm) == {"n": 0}
