@@ -105,6 +105,14 @@ def test_short_dirname():
     assert len(name) == 80 and name != short_dirname(long + "x") and name.startswith("key0=value0")
 
 
+@pytest.mark.parametrize("name, model", [("lvis_v1_r50_1x", 50), ("lvis_v1_cascade_r50_1x", 50)])
+def test_experiment_configs_compose(name, model):
+    cfg = make_cfg(f"+experiment={name}", "loss=seesaw")
+    assert cfg.model.backbone.depth == model and cfg.schedule.max_iter == 90000
+    assert cfg.data.name.startswith("lvis") and cfg.trainer.amp == "bf16" and cfg.device == "cuda"
+    assert cfg.sampler._target_.endswith("RepeatFactorSampler") and cfg.loss._target_.endswith("SeesawLoss")
+
+
 def test_default_config_is_the_cpu_demo():
     cfg = make_cfg(return_hydra_config=True)
     assert cfg.data.name == "lvis-synth" and cfg.schedule.max_iter == 600
