@@ -81,10 +81,11 @@ def bench_overhead(iters: int, repeats: int) -> None:
           f"Trainer {t * 1e3:.0f} ms/it, ratio Trainer/bare = {t / b:.3f}")
 
 
-def bench_autocast(iters: int, repeats: int) -> None:
+def bench_autocast(iters: int, repeats: int, names: list[str]) -> None:
     cfg, _, model, batch = setup()
     optimizer = build_optimizer(model, cfg.schedule)
-    modes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    modes = {k: dtypes[k] for k in names}
     times = {k: [] for k in modes}
     for dtype in modes.values():
         bare_loop(model, optimizer, batch, 1, dtype)
@@ -123,11 +124,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--autocast", nargs="*", default=["fp32", "bf16"], help="modes to compare (fp16 on CPU is very slow)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["overhead", "autocast", "checkpoint"])
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    bench_overhead(args.iters, args.repeats)
-    bench_autocast(max(2, args.iters // 2), args.repeats)
-    bench_checkpoint(args.repeats)
+    if "overhead" not in args.skip:
+        bench_overhead(args.iters, args.repeats)
+    if "autocast" not in args.skip and len(args.autocast) > 1:
+        bench_autocast(max(2, args.iters // 2), args.repeats, args.autocast)
+    if "checkpoint" not in args.skip:
+        bench_checkpoint(args.repeats)
 
 
 if __name__ == "__main__":
