@@ -9,6 +9,7 @@ detections are never all held as Python objects at once.
 from __future__ import annotations
 
 import json
+import mmap
 import re
 from dataclasses import dataclass
 from itertools import chain
@@ -51,7 +52,7 @@ class Detections:
     has_bbox: np.ndarray      # (N,) bool
     has_segm: np.ndarray      # (N,) bool
     seg_hw: np.ndarray        # (N, 2) int64 RLE size (height, width)
-    buffers: list             # bytes objects holding the counts
+    buffers: list             # bytes / shared mmap objects holding the counts
     buf: np.ndarray           # (N,) int64 buffer index
     cstart: np.ndarray        # (N,) int64
     cend: np.ndarray          # (N,) int64
@@ -98,6 +99,11 @@ class _Chunk:
     items: list | None = None
     segm: bool = True
     image_hw: dict | None = None
+    out: mmap.mmap | None = None     # shared memory the worker writes the RLE counts into ...
+    out_at: int = 0                  # ... from here on (room: the chunk's JSON length)
+
+    def room(self) -> int:
+        return 0 if self.out is None else (len(self.data) if self.span is None else self.span[1] - self.span[0])
 
 
 def _locate_bad(items: list, segm: bool) -> tuple[int, str]:
@@ -203,7 +209,7 @@ def _parse(ch: _Chunk) -> dict:
         items = ch.items[ch.span[0]:ch.span[1]]
     else:
         raw = ch.data if ch.span is None else _bracketed(ch.data, *ch.span)
-        out = _parse_typed(raw, ch.segm)
+        out = _parse_typed(raw, ch)
         if out is not None:
             return out
         items = _loads(raw, ch.source)
@@ -246,19 +252,26 @@ def _parse(ch: _Chunk) -> dict:
     except (KeyError, TypeError, ValueError):
         counts, hw, has_segm = _segm_slow(items, ch.image_hw)
     try:
-        out.update(_pack_counts(counts), has_segm=has_segm, hw=hw)
+        out.update(_pack_counts(counts, ch), has_segm=has_segm, hw=hw)
     except UnicodeEncodeError:
         raise _Bad(next(j for j, c in enumerate(counts) if not c.isascii()),
                    "RLE counts is not an ASCII string") from None
     return out
 
 
-def _pack_counts(counts: list) -> dict:
-    """RLE ``counts`` strings -> one ASCII buffer and each string's ``[cstart, cend)`` in it."""
+def _pack_counts(counts: list, ch: _Chunk) -> dict:
+    """RLE ``counts`` strings -> one ASCII buffer and each string's ``[cstart, cend)`` in it.
+
+    The buffer goes into the chunk's room in the shared ``ch.out`` when it fits (compressed RLEs
+    read from the JSON always do), so it never travels back through a pipe; else it is returned.
+    """
     buf = "".join(counts).encode("ascii")
     lens = np.fromiter(map(len, counts), dtype=np.int64, count=len(counts))
     ends = np.cumsum(lens)
-    return {"buffer": buf, "cstart": ends - lens, "cend": ends}
+    if len(buf) > ch.room():
+        return {"buffer": buf, "cstart": ends - lens, "cend": ends}
+    ch.out[ch.out_at:ch.out_at + len(buf)] = buf
+    return {"buffer": None, "cstart": ch.out_at + ends - lens, "cend": ch.out_at + ends}
 
 
 @cache
@@ -279,12 +292,13 @@ def _typed_decoder(segm: bool):
     return msgspec.json.Decoder(list[record]), msgspec.DecodeError
 
 
-def _parse_typed(raw: bytes, segm: bool) -> dict | None:
+def _parse_typed(raw: bytes, ch: _Chunk) -> dict | None:
     """Fast path for results that all have integer ids, a numeric score, a 4-number ``bbox`` and
     (``segm``) a compressed RLE: msgspec decodes them into typed records and skips every other
     field without building it (for bbox evaluation, the RLE strings). None when any result
     differs (or msgspec is missing): the general parser then decides, and words any error.
     """
+    segm = ch.segm
     decoder = _typed_decoder(segm)
     if decoder is None:
         return None
@@ -305,7 +319,7 @@ def _parse_typed(raw: bytes, segm: bool) -> dict | None:
     if segm:
         rles = list(map(_segm_attr, items))
         try:
-            out.update(_pack_counts(list(map(_counts_attr, rles))))
+            out.update(_pack_counts(list(map(_counts_attr, rles)), ch))
         except UnicodeEncodeError:
             return None
         out["hw"] = np.fromiter(chain.from_iterable(map(_size_attr, rles)), np.int64, 2 * n).reshape(n, 2)
@@ -339,6 +353,21 @@ def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
     for a, b in zip(cuts, cuts[1:] + [hi]):
         spans.append((a if a == lo else a + 1, b))
     return spans
+
+
+def _share_output(chunks: list[_Chunk]) -> list[_Chunk]:
+    """Give each file chunk of a segm parse its room in one shared anonymous memory map
+    (inherited by the forked workers; pages are only allocated where counts are written)."""
+    files = [c for c in chunks if c.segm and c.items is None]
+    for c in files:
+        c.out = None
+    size = sum(len(c.data) if c.span is None else c.span[1] - c.span[0] for c in files)
+    if size:
+        out, at = mmap.mmap(-1, size), 0
+        for c in files:
+            c.out, c.out_at = out, at
+            at += c.room()
+    return chunks
 
 
 def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: GroundTruth,
@@ -377,13 +406,13 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
         bounds = np.linspace(0, n, pieces + 1).astype(int)
         for a, b in zip(bounds[:-1], bounds[1:]):
             chunks.append(_Chunk("results", span=(int(a), int(b)), items=results, segm=segm, image_hw=hw))
-    parts = parallel_map(_parse_chunk, chunks, workers)
+    parts = parallel_map(_parse_chunk, _share_output(chunks), workers)
     if any("error" in p for p in parts) and any(c.span is not None and c.items is None for c in chunks):
         # a split inside a string cannot happen for valid results; re-parse whole files to be sure
         chunks = [_Chunk(c.source, data=c.data, segm=segm, image_hw=hw)
                   for j, c in enumerate(chunks) if c.items is not None or j == 0
                   or chunks[j - 1].source != c.source]
-        parts = parallel_map(_parse_chunk, chunks, workers)
+        parts = parallel_map(_parse_chunk, _share_output(chunks), workers)
     # indices inside a file continue across its chunks
     starts, seen = [], {}
     for ch, p in zip(chunks, parts):
@@ -404,9 +433,10 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
 
 
 def _assemble(chunks: list, parts: list[dict], sources: list, segm: bool, gt: GroundTruth) -> Detections:
-    buffers, buf_ids = [], []
+    shared = next((ch.out for ch in chunks if ch.out is not None), None)
+    buffers, buf_ids = [shared] if shared is not None else [], []
     for ch, p in zip(chunks, parts):
-        if not p["n"] or not segm:
+        if not p["n"] or not segm or p["buffer"] is None:
             buf_ids.append(0)
         else:
             buf_ids.append(len(buffers))

@@ -85,7 +85,7 @@ def test_typed_fast_path_equals_general_parser(segm):
     res[1]["bbox"] = [1, 2, 3, 4]
     res[2]["extra"] = {"nested": [1, "x"]}                    # unknown fields are skipped
     raw = json.dumps(res).encode()
-    fast = R._parse_typed(raw, segm)
+    fast = R._parse_typed(raw, R._Chunk("r", data=raw, segm=segm))
     assert fast is not None
     general = R._parse(R._Chunk("r", items=json.loads(raw), span=(0, len(res)), segm=segm))
     assert fast.keys() == general.keys()
@@ -95,15 +95,41 @@ def test_typed_fast_path_equals_general_parser(segm):
                 {"category_id": "3"}):
         odd = [dict(d) for d in res]
         odd[-1].update(bad)
-        assert R._parse_typed(json.dumps(odd).encode(), segm) is None, bad
+        assert _typed(R, json.dumps(odd).encode(), segm) is None, bad
     odd = [dict(d) for d in res]
     del odd[3]["bbox"]
-    assert R._parse_typed(json.dumps(odd).encode(), segm) is None
+    assert _typed(R, json.dumps(odd).encode(), segm) is None
     if segm:
         odd[3]["bbox"] = [0, 0, 1, 1]
         odd[3]["segmentation"] = [[0, 0, 5, 0, 5, 5]]           # polygons: general path
-        assert R._parse_typed(json.dumps(odd).encode(), segm) is None
-    assert R._parse_typed(b"[1, 2]", segm) is None
-    assert R._parse_typed(b'{"a": 1}', segm) is None
-    assert R._parse_typed(b"[NaN]", segm) is None
-    assert R._parse_typed(b"[]", segm) == {"n": 0}
+        assert _typed(R, json.dumps(odd).encode(), segm) is None
+    assert _typed(R, b"[1, 2]", segm) is None
+    assert _typed(R, b'{"a": 1}', segm) is None
+    assert _typed(R, b"[NaN]", segm) is None
+    assert _typed(R, b"[]", segm) == {"n": 0}
+
+
+def _typed(R, raw, segm):
+    return R._parse_typed(raw, R._Chunk("r", data=raw, segm=segm))
+
+
+def test_segm_counts_land_in_shared_memory(tmp_path, monkeypatch):
+    """Workers write the RLE counts of file chunks into one shared map; every detection's counts
+    read back exactly as in the JSON, in input order, across chunk boundaries."""
+    import json
+    import mmap
+
+    from ltseg.evaluation import results as R
+    from ltseg.evaluation.cases import make_case
+    from ltseg.evaluation.gt import GroundTruth
+
+    gt, res = make_case(2, num_images=8)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res))
+    monkeypatch.setattr(R, "SPLIT_BYTES", 1 << 10)
+    monkeypatch.setattr(R, "PIECE_BYTES", 1 << 12)
+    det = R.load_results(path, GroundTruth.load(gt), segm=True, workers=2)
+    assert len(det.buffers) == 1 and isinstance(det.buffers[0], mmap.mmap)
+    got = [r["counts"].decode() for r in det.rles(np.arange(len(det)))]
+    assert got == [d["segmentation"]["counts"] for d in res]
+    assert det.seg_hw.tolist() == [d["segmentation"]["size"] for d in res]
