@@ -191,17 +191,18 @@ def _tp_fp(match: np.ndarray, rows: np.ndarray, rank: np.ndarray, out_ig: np.nda
     (outside the area range, or a not-exhaustive category). ``match (D, A, T)`` covers
     detection rows ``rows``; the others meet no GT.
     """
-    n, (num_a, num_t) = len(rank), match.shape[1:]
+    n, (num_a, num_t), num_m = len(rank), match.shape[1:], len(g_id)
     pos = np.empty(n, np.int64)
     pos[rank] = np.arange(n)
-    matched = match >= 0
-    safe = np.maximum(match, 0)
-    hit = matched & (g_id[safe] != 0)
-    ig_m = matched & g_ignore[safe, np.arange(num_a)[None, :, None]]
+    # outcome per (area, GT row; last column: unmatched): 0 TP, 1 ignored, 2 counts as unmatched
+    outcome = np.full((num_a, num_m + 1), 2, np.uint8)
+    outcome[:, :num_m] = np.where(g_ignore.T, 1, np.where(g_id != 0, 0, 2))
+    m = match.transpose(1, 2, 0)                                              # (A, T, D)
+    state = outcome[np.arange(num_a)[:, None, None], np.where(m >= 0, m, num_m)]
     tp = np.zeros((num_a, num_t, n), bool)
     fp = np.repeat(~out_ig[rank].T[:, None, :], num_t, axis=1)
-    tp[:, :, pos[rows]] = (hit & ~ig_m).transpose(1, 2, 0)
-    fp[:, :, pos[rows]] = (~hit & ~ig_m & ~out_ig[rows][:, :, None]).transpose(1, 2, 0)
+    tp[:, :, pos[rows]] = state == 0
+    fp[:, :, pos[rows]] = (state == 2) & ~out_ig[rows].T[:, None, :]
     return tp.reshape(num_a * num_t, n), fp.reshape(num_a * num_t, n)
 
 
