@@ -163,7 +163,11 @@ def run(cfg: DictConfig) -> dict | None:
     return metrics
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# An absolute path: relative ones resolve against the package when started as the console script.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     run(cfg)
 

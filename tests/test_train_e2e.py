@@ -209,3 +209,13 @@ def test_batch_of_background_only_images_trains():
     model, batch = _background_batch(mixed=False)
     losses = model(batch.images, batch.image_sizes, batch.targets)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_console_script_finds_the_configs_from_any_folder(tmp_path):
+    """``ltseg-train`` imports ltseg.train as a module (not __main__): the config path must not
+    depend on how it was started or on the working directory."""
+    code = "import sys; from ltseg.train import main; sys.argv = ['ltseg-train', '--cfg', 'job', 'loss=bce']; main()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: ltseg.losses.SigmoidBCE" in proc.stdout
