@@ -162,6 +162,8 @@ class Trainer:
         clip = cfg["clip_grad_norm"]
         window: dict[str, list[float]] = {}
         restore_signals = self._install_signal_handlers()
+        if self.dist.is_main and self.config_yaml:
+            (self.output_dir / "config.yaml").write_text(self.config_yaml)  # resolved, beside the weights
         self.log.info(f"training iterations {self.iteration}..{self.max_iter} on {self.dist.world_size} process(es), "
                       f"{self.images_per_batch} images per batch, amp={self.amp_dtype or 'off'}")
         self.model.train()
@@ -392,8 +394,6 @@ class Trainer:
         path = None
         if self.dist.is_main:
             path = save_checkpoint(self.output_dir, name, state, keep_last=int(self.cfg["keep_last"]))
-            if self.config_yaml:
-                (self.output_dir / "config.yaml").write_text(self.config_yaml)
             self.log.info(f"saved {path}")
         du.barrier()
         return path
