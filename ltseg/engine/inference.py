@@ -98,7 +98,8 @@ def draw_predictions(model: nn.Module, dataset, indices: Sequence[int], score_th
     for i, out in zip(indices, outputs):
         keep = (out["scores"] >= score_thresh).nonzero().flatten()[:max_boxes].cpu()
         labels = [f"{names[int(c)]} {float(sc):.2f}" for c, sc in zip(out["labels"][keep], out["scores"][keep])]
-        drawn.append(draw_bounding_boxes(dataset.load_image(i), out["boxes"][keep].cpu(), labels, width=2))
+        image = dataset.load_image(i)
+        drawn.append(draw_bounding_boxes(image, out["boxes"][keep].cpu(), labels, width=2) if len(keep) else image)
     h, w = max(d.shape[1] for d in drawn), max(d.shape[2] for d in drawn)
     canvas = torch.zeros(len(drawn), 3, h, w, dtype=torch.uint8)
     for k, d in enumerate(drawn):
