@@ -17,6 +17,7 @@ Runs are interleaved (ltseg/torchvision alternate who goes first) and the median
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -119,12 +120,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device) -> float:
+def timed(fn, device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is robust to other load on the machine."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main():
@@ -136,6 +138,7 @@ def main():
     parser.add_argument("--random-rpn", dest="trained_rpn", action="store_false",
                         help="keep the random RPN's proposals (few foreground RoIs) instead of injecting "
                              "512 jittered gt boxes per image among the proposals")
+    parser.add_argument("--skip-infer", action="store_true", help="time the train step only")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_step.md"))
     args = parser.parse_args()
     if args.threads:
@@ -176,23 +179,31 @@ def main():
         with torch.no_grad():
             tv(list(images))
 
-    times = {k: [] for k in ("train_ltseg", "train_torchvision", "infer_ltseg", "infer_torchvision")}
+    steps = [("train", train_ours, train_tv)] + ([] if args.skip_infer else [("infer", infer_ours, infer_tv)])
+    times = {f"{s}_{m}": [] for s, _, _ in steps for m in ("ltseg", "torchvision")}
+    cpu = {k: [] for k in times}
     for run in range(args.warmup + args.runs):
-        pairs = [("train_ltseg", train_ours), ("train_torchvision", train_tv)]
-        pairs += [("infer_ltseg", infer_ours), ("infer_torchvision", infer_tv)]
-        if run % 2:
-            pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
-        for name, fn in pairs:
-            t = timed(fn, device)
-            if run >= args.warmup:
-                times[name].append(t)
-        print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
+        for step, fn_ours, fn_tv in steps:
+            pair = [(f"{step}_ltseg", fn_ours), (f"{step}_torchvision", fn_tv)]
+            for name, fn in (pair[::-1] if run % 2 else pair):
+                wall, cpu_s = timed(fn, device)
+                if run >= args.warmup:
+                    times[name].append(wall)
+                    cpu[name].append(cpu_s)
+        print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.3f}s (cpu {cpu[k][-1]:.2f}s)" for k, v in times.items() if v),
+              flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    train_ratio = med["train_ltseg"] / med["train_torchvision"]
-    infer_ratio = med["infer_ltseg"] / med["infer_torchvision"]
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     threads = torch.get_num_threads()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {threads} threads)"
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU ({platform.processor() or platform.machine()}, {threads} threads)")
+    rows = [f"| {label} | {med[f'{s}_ltseg']:.3f} | {med[f'{s}_torchvision']:.3f} | "
+            f"**{med[f'{s}_ltseg'] / med[f'{s}_torchvision']:.2f}** | {med_cpu[f'{s}_ltseg']:.2f} | "
+            f"{med_cpu[f'{s}_torchvision']:.2f} | **{med_cpu[f'{s}_ltseg'] / med_cpu[f'{s}_torchvision']:.2f}** |"
+            for s, label in (("train", "train step"), ("infer", "inference")) if f"{s}_ltseg" in med]
+    paired = "; ".join(f"{s} " + ", ".join(f"{a / b:.2f}" for a, b in zip(times[f"{s}_ltseg"], times[f"{s}_torchvision"]))
+                       for s, _, _ in steps)
     lines = [
         "# Step benchmark: ltseg vs torchvision Mask R-CNN (R50-FPN)",
         "",
@@ -211,17 +222,22 @@ def main():
          "would propose), giving the usual 256 foreground RoIs of 1024."
          if args.trained_rpn else "Proposals: the random RPN's own (few foreground RoIs; `--random-rpn`)."),
         "",
-        "| step | ltseg (s) | torchvision (s) | ratio ltseg / torchvision |",
-        "|---|---|---|---|",
-        f"| train step | {med['train_ltseg']:.3f} | {med['train_torchvision']:.3f} | **{train_ratio:.2f}** |",
-        f"| inference | {med['infer_ltseg']:.3f} | {med['infer_torchvision']:.3f} | **{infer_ratio:.2f}** |",
+        "| step | ltseg wall (s) | torchvision wall (s) | ratio (wall) | ltseg CPU (s) | torchvision CPU (s) | ratio (CPU) |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
         "",
         "Where the difference comes from: the class-specific mask predictor is evaluated only for the "
         "gt class of each foreground RoI (training) or the predicted class (inference) instead of "
         "all 1204 channels; masks are pasted with two batched matrix products instead of one "
         "interpolate call per detection; the pre-NMS candidate cap avoids NMS over 1000 x 1203 boxes.",
         "",
-        "All runs (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v) for k, v in times.items()),
+        f"Paired per-run wall ratios (same run, adjacent in time): {paired}. CPU time = "
+        f"`time.process_time` of the process (all its threads), insensitive to other jobs' load; "
+        f"1-min load average at the end: {os.getloadavg()[0]:.1f}.",
+        "",
+        "All runs, wall (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v) for k, v in times.items()),
+        "",
+        "All runs, CPU (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in cpu.items()),
         "",
     ]
     Path(args.out).write_text("\n".join(lines))
