@@ -1,9 +1,10 @@
 """LVIS results (detections) as flat arrays, parsed in parallel and validated.
 
 A results source is a JSON path, a list of shard paths (one per rank) or a list of dicts.
-Each file is split at top-level object boundaries into pieces parsed by forked workers
-(orjson when installed); a worker turns its piece into compact arrays (ids, scores, boxes,
-and all RLE ``counts`` packed into one byte buffer) and frees the Python objects, so the
+Each file is split at top-level object boundaries into pieces parsed by forked workers: msgspec
+typed records when every result has the common layout (fields not needed are skipped, never
+built), else orjson (or ``json``) with per-entry checks. A worker turns its piece into compact
+arrays (ids, scores, boxes) and writes all RLE ``counts`` into a shared memory map, so the
 detections are never all held as Python objects at once.
 """
 from __future__ import annotations
