@@ -10,10 +10,11 @@ from .params import AREA_LBL, EPS, FREQ_LBL, IOU_THRS, MAX_DETS, REC_THRS
 from .sorting import lexsort
 
 
-def rank_order(cat: np.ndarray, score: np.ndarray, img: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Accumulation order: category, then (score desc, image id asc, input order), as lvis-api's
-    concatenation of per-image results in image order followed by a stable score sort."""
-    return lexsort((idx, img, -score, cat))
+def rank_order(cat: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Accumulation order of detections given in (image, category, score desc, input order):
+    category, then score desc, ties keeping that order, i.e. (image id asc, input order), as
+    lvis-api's concatenation of per-image results in image order followed by a stable sort."""
+    return lexsort((-score, cat))
 
 
 def accumulate(cat: np.ndarray, tp: np.ndarray, fp: np.ndarray, num_gt: np.ndarray

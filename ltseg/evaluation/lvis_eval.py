@@ -173,7 +173,7 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
         iou = mask_iou                               # same layout: rows in order, GTs in order
     match = greedy_match(iou, pair_start, r_group, r_rank, g_num, g_ignore, g_start)  # (D, A, T)
 
-    rank = rank_order(cat, score, img, keep)
+    rank = rank_order(cat, score)                    # rows are in (image, category, score, input) order
     nel = np.isin(key, gt.nel_keys)
     out_ig = (d_area[:, None] < lo) | (d_area[:, None] > hi) | nel[:, None]     # (N, A)
     tp, fp = _tp_fp(match, rows, rank, out_ig, g_ignore, gt.ann_id[g_order])
