@@ -190,8 +190,8 @@ def main():
                 if run >= args.warmup:
                     times[name].append(wall)
                     cpu[name].append(cpu_s)
-        print(f"run {run}: " + ", ".join(f"{k} {v[-1]:.3f}s (cpu {cpu[k][-1]:.2f}s)" for k, v in times.items() if v),
-              flush=True)
+        done = ", ".join(f"{k} {v[-1]:.3f}s (cpu {cpu[k][-1]:.2f}s)" for k, v in times.items() if v)
+        print(f"run {run}: " + (done if run >= args.warmup else "warm-up"), flush=True)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
