@@ -14,6 +14,7 @@ import mmap
 import re
 from dataclasses import dataclass
 from itertools import chain
+from contextlib import contextmanager
 from functools import cache
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -165,9 +166,9 @@ def _loads(raw: bytes, source: str):
             import orjson
             return orjson.loads(raw)
         except ImportError:
-            return json.loads(raw)
+            return json.loads(bytes(raw))
         except orjson.JSONDecodeError:
-            return json.loads(raw)               # NaN / Infinity literals, as Python's json
+            return json.loads(bytes(raw))        # NaN / Infinity literals, as Python's json
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: not valid JSON ({e})") from None
 
@@ -209,11 +210,11 @@ def _parse(ch: _Chunk) -> dict:
     if ch.items is not None:
         items = ch.items[ch.span[0]:ch.span[1]]
     else:
-        raw = ch.data if ch.span is None else _bracketed(ch.data, *ch.span)
-        out = _parse_typed(raw, ch)
-        if out is not None:
-            return out
-        items = _loads(raw, ch.source)
+        with _json_list(ch) as raw:
+            out = _parse_typed(raw, ch)
+            if out is not None:
+                return out
+            items = _loads(raw, ch.source)
         if not isinstance(items, list):
             raise ValueError(f"{ch.source}: results must be a JSON list of detections, "
                              f"got a {type(items).__name__}")
@@ -328,12 +329,29 @@ def _parse_typed(raw: bytes, ch: _Chunk) -> dict | None:
     return out
 
 
-def _bracketed(data: bytes, a: int, b: int) -> bytearray:
-    """``b"[" + data[a:b] + b"]"`` with a single copy of the span."""
-    raw = bytearray(b - a + 2)
-    raw[0], raw[-1] = ord("["), ord("]")
-    raw[1:-1] = memoryview(data)[a:b]
-    return raw
+@contextmanager
+def _json_list(ch: _Chunk):
+    """The chunk's text as a JSON list: the whole file, or ``"[" + data[a:b] + "]"``.
+
+    For a span of a ``bytearray`` file this is a view, no copy: the delimiters on either side of
+    the span (``,`` or the file's own brackets) are set to ``[`` / ``]`` in place and restored
+    afterwards (a forked worker only changes its private copy of two pages; in-process chunks
+    run one after another).
+    """
+    if ch.span is None:
+        yield ch.data
+        return
+    (a, b), data = ch.span, ch.data
+    if not isinstance(data, bytearray):
+        yield b"[" + data[a:b] + b"]"
+        return
+    saved = data[a - 1], data[b]
+    data[a - 1], data[b] = ord("["), ord("]")
+    try:
+        with memoryview(data)[a - 1:b + 1] as view:
+            yield view
+    finally:
+        data[a - 1], data[b] = saved
 
 
 def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
@@ -387,8 +405,10 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
         for path in map(Path, results):
             if not path.is_file():
                 raise FileNotFoundError(f"results file not found: {path}")
-            data = path.read_bytes()
-            if not data.strip():
+            data = bytearray(path.stat().st_size)      # mutable: see _json_list
+            with path.open("rb") as f:
+                del data[f.readinto(data):]
+            if not data or data.isspace():
                 raise ValueError(f"{path}: empty file; results must be a JSON list of detections")
             pieces = max(workers, -(-len(data) // PIECE_BYTES)) if len(data) > SPLIT_BYTES else 1
             try:

@@ -133,3 +133,33 @@ def test_segm_counts_land_in_shared_memory(tmp_path, monkeypatch):
     got = [r["counts"].decode() for r in det.rles(np.arange(len(det)))]
     assert got == [d["segmentation"]["counts"] for d in res]
     assert det.seg_hw.tolist() == [d["segmentation"]["size"] for d in res]
+
+
+def test_chunks_are_bracketed_in_place_and_restored(tmp_path, monkeypatch):
+    """Each span of a file reads as its own JSON list without a copy; the bytes are restored, so
+    chunks parsed one after another in-process see the original file."""
+    import json
+
+    from ltseg.evaluation import results as R
+    from ltseg.evaluation.cases import make_case
+    from ltseg.evaluation.gt import GroundTruth
+
+    gt, res = make_case(6, num_images=6)
+    text = json.dumps(res, indent=1).encode()
+    data = bytearray(text)
+    spans = R._split(data, "r", 4)
+    assert len(spans) == 4
+    got = []
+    for span in spans:
+        with R._json_list(R._Chunk("r", data=data, span=span)) as raw:
+            got += json.loads(bytes(raw))
+    assert got == res and data == text
+    path = tmp_path / "r.json"
+    path.write_bytes(text)
+    monkeypatch.setattr(R, "SPLIT_BYTES", 1 << 10)
+    monkeypatch.setattr(R, "PIECE_BYTES", 1 << 12)
+    g = GroundTruth.load(gt)
+    one, split = R.load_results(res, g, workers=1), R.load_results(path, g, workers=1)
+    assert np.array_equal(one.score, split.score) and np.array_equal(one.bbox, split.bbox)
+    assert [r["counts"] for r in one.rles(np.arange(len(one)))] == \
+        [r["counts"] for r in split.rles(np.arange(len(split)))]
