@@ -94,7 +94,7 @@ def make_evaluator(cfg: DictConfig, val_dataset, stats, info: du.DistInfo, outpu
         metrics = evaluate_results(
             val_dataset.ann_file, results, iou_types=tuple(cfg.eval.iou_types),
             train_stats=stats if cfg.eval.train_stats else None, bins=cfg.eval.bins, output_dir=out,
-            backend=cfg.eval.backend,
+            backend=cfg.eval.backend, max_dets=int(cfg.eval.max_dets),
         )
         log.info(f"evaluation at iteration {iteration} ({out}):\n{format_table(metrics)}")
         return metrics
