@@ -1,5 +1,4 @@
 import pytest
-import torch
 from torch import nn
 
 from ltseg.engine.optim import build_lr_scheduler, build_optimizer, warmup_multistep_factor
