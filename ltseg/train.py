@@ -105,7 +105,8 @@ def make_evaluator(cfg: DictConfig, val_dataset, stats, info: du.DistInfo, outpu
 def make_visualizer(cfg: DictConfig, val_dataset):
     """``visualize(model) -> (N, 3, H, W) uint8``: the first ``eval.num_vis_images`` val images."""
     indices = list(range(min(int(cfg.eval.num_vis_images), len(val_dataset))))
-    return lambda model: draw_predictions(model, val_dataset, indices, size_divisibility=int(cfg.data.size_divisibility))
+    divisibility = int(cfg.data.size_divisibility)
+    return lambda model: draw_predictions(model, val_dataset, indices, size_divisibility=divisibility)
 
 
 def run(cfg: DictConfig) -> dict | None:
@@ -146,13 +147,16 @@ def run(cfg: DictConfig) -> dict | None:
     optimizer = build_optimizer(model, cfg.schedule)
     scheduler = build_lr_scheduler(optimizer, cfg.schedule)
     amp = "off" if cfg.trainer.amp is False else str(cfg.trainer.amp)
+    evaluate_fn = None
+    if cfg.eval.enabled:
+        evaluate_fn = make_evaluator(cfg, val_ds, stats, info, output_dir, AMP_DTYPES.get(amp))
+    visualize_fn = make_visualizer(cfg, val_ds) if cfg.eval.enabled and cfg.eval.num_vis_images > 0 else None
     trainer = Trainer(
         model, optimizer, scheduler, loader, sampler, cfg.trainer,
         max_iter=int(cfg.schedule.max_iter), images_per_batch=global_batch, output_dir=output_dir,
         dist_info=info, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        evaluate_fn=make_evaluator(cfg, val_ds, stats, info, output_dir, AMP_DTYPES.get(amp)) if cfg.eval.enabled else None,
-        generators=generators, extra_state={"stats": stats.to_dict()},
-        visualize_fn=make_visualizer(cfg, val_ds) if cfg.eval.enabled and cfg.eval.num_vis_images > 0 else None,
+        evaluate_fn=evaluate_fn, visualize_fn=visualize_fn, generators=generators,
+        extra_state={"stats": stats.to_dict()},
     )
     trainer.resume_or_start(cfg.resume)
     metrics = trainer.train()

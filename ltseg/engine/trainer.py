@@ -156,7 +156,8 @@ class Trainer:
         log_period, ckpt_period, eval_period = (int(cfg[k]) for k in ("log_period", "checkpoint_period", "eval_period"))
         writer = MetricWriter(
             self.output_dir, enabled=self.dist.is_main, max_iter=self.max_iter, start_iter=self.iteration,
-            images_per_batch=self.images_per_batch, tensorboard=bool(cfg["tensorboard"]), progress=bool(cfg["progress"]),
+            images_per_batch=self.images_per_batch, tensorboard=bool(cfg["tensorboard"]),
+            progress=bool(cfg["progress"]),
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = cfg["clip_grad_norm"]
@@ -313,7 +314,8 @@ class Trainer:
         try:
             metrics = self.evaluate_fn(self.model, self.iteration)
         except _StopEvaluation:
-            self.log.warning(f"evaluation at iteration {self.iteration} interrupted by {signal.Signals(self.stop_signal).name}")
+            name = signal.Signals(self.stop_signal).name
+            self.log.warning(f"evaluation at iteration {self.iteration} interrupted by {name}")
             return None
         finally:
             self._evaluating = False
@@ -330,7 +332,8 @@ class Trainer:
         self.log.warning(f"stopping at iteration {self.iteration} on {name}: writing a checkpoint")
         self.save(checkpoint_name(self.iteration))
         chained = self._previous_handlers.get(self.stop_signal)
-        if self.stop_signal == getattr(signal, "SIGUSR1", None) and callable(chained):  # e.g. submitit: requeue the job, which resumes with resume=auto
+        # e.g. submitit's USR1 handler: requeue the job, which then resumes with resume=auto
+        if self.stop_signal == getattr(signal, "SIGUSR1", None) and callable(chained):
             chained(self.stop_signal, None)
 
     # ------------------------------------------------------------------ signals
