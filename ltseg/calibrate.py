@@ -22,6 +22,7 @@ from ltseg.calibration.simcal import SimCal, box_stages, build_calibration_loss,
 from ltseg.data.build import build_dataset
 from ltseg.engine.checkpoint import CheckpointError, atomic_save, check_compatible, load_checkpoint
 from ltseg.modeling import build_model
+from ltseg.utils.paths import CONF_DIR
 
 log = logging.getLogger("ltseg.calibrate")
 
@@ -130,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     return {"checkpoint": calibrated, "metrics": metrics, "train": train_info}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="calibration/_main")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="calibration/_main")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

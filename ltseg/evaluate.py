@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parent.parent / "conf" / "evaluate.yaml"
+from ltseg.utils.paths import CONF_DIR
+
+CONFIG = CONF_DIR / "evaluate.yaml"
 
 
 def load_config(argv: list[str], config: Path = CONFIG) -> dict:

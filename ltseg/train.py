@@ -26,6 +26,7 @@ from ltseg.engine.logging import get_logger
 from ltseg.engine.optim import build_lr_scheduler, build_optimizer
 from ltseg.engine.trainer import AMP_DTYPES, Trainer
 from ltseg.modeling import build_model
+from ltseg.utils.paths import CONF_DIR
 
 
 def short_dirname(text: str, max_len: int = 80) -> str:
@@ -167,11 +168,7 @@ def run(cfg: DictConfig) -> dict | None:
     return metrics
 
 
-# An absolute path: relative ones resolve against the package when started as the console script.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     run(cfg)
 
