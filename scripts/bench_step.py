@@ -232,7 +232,7 @@ def main():
         "interpolate call per detection; the pre-NMS candidate cap avoids NMS over 1000 x 1203 boxes.",
         "",
         f"Paired per-run wall ratios (same run, adjacent in time): {paired}. CPU time = "
-        f"`time.process_time` of the process (all its threads), insensitive to other jobs' load; "
+        f"`time.process_time` of the process (all its threads), less sensitive to other jobs' load (OpenMP spin-waits still count); "
         f"1-min load average at the end: {os.getloadavg()[0]:.1f}.",
         "",
         "All runs, wall (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.3f}" for t in v) for k, v in times.items()),
