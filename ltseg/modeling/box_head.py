@@ -68,4 +68,4 @@ class BoxPredictor(nn.Module):
         if self.class_agnostic:
             return deltas
         rows = torch.arange(deltas.shape[0], device=deltas.device)
-        return deltas.view(deltas.shape[0], -1, 4)[rows, labels]
+        return deltas.view(deltas.shape[0], deltas.shape[1] // 4, 4)[rows, labels]

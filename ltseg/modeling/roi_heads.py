@@ -238,7 +238,7 @@ class StandardROIHeads(nn.Module):
     def predict_boxes(self, deltas: Tensor, proposals: list[Tensor], box_coder: BoxCoder) -> Tensor:
         """``(R, 4C | 4)`` deltas -> ``(R, C | 1, 4)`` decoded boxes."""
         rois = torch.cat(proposals)
-        return box_coder.decode(deltas, rois).view(rois.shape[0], -1, 4)
+        return box_coder.decode(deltas, rois).view(rois.shape[0], deltas.shape[1] // 4, 4)
 
     def detect(self, boxes: Tensor, scores: Tensor, proposals: list[Tensor],
                image_sizes: list[tuple[int, int]]) -> list[dict]:

@@ -69,3 +69,12 @@ def test_mask_head_gathers_the_class_logits():
     assert agnostic(x.float(), labels).shape == (6, 28, 28)
 
 
+
+
+def test_zero_rois_decode_and_select_keep_their_shapes():
+    from ltseg.modeling.box_coder import BoxCoder
+    from ltseg.modeling.roi_heads import StandardROIHeads
+
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    boxes = StandardROIHeads.predict_boxes(None, torch.zeros(0, 4 * 7), [torch.zeros(0, 4)], coder)
+    assert boxes.shape == (0, 7, 4)
