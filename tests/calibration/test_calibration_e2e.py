@@ -81,12 +81,18 @@ def test_calibrate_end_to_end_and_evaluate_only(setup):
         run(calibrate_cfg(f"checkpoint={out['checkpoint']}", "calibration.head=2fc_rand", *STEPS))
 
 
-def test_only_the_calibrated_heads_change(setup):
-    _, cfg, ckpt = setup
+def frozen_trained_model(cfg, ckpt):
+    """The training set and the trained model of ``ckpt``, frozen as calibration starts."""
     train_set = build_dataset(cfg.data, "train")
     model = build_model(cfg.model, instantiate(cfg.loss), train_set.stats)
     model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
     freeze(model)
+    return train_set, model
+
+
+def test_only_the_calibrated_heads_change(setup):
+    _, cfg, ckpt = setup
+    train_set, model = frozen_trained_model(cfg, ckpt)
     before = copy.deepcopy(model.state_dict())
     simcal = SimCal(model, train_set.stats, "3fc_ft", build_calibration_loss("ce"), [0, 1, 2], 64, {"threshold": 3})
     heads_before = copy.deepcopy(simcal.state_dict())
@@ -152,10 +158,7 @@ def test_train_then_calibrate_tiny_cascade(tmp_path):
 
 def test_calibration_does_not_depend_on_loader_workers(setup):
     _, cfg, ckpt = setup
-    train_set = build_dataset(cfg.data, "train")
-    model = build_model(cfg.model, instantiate(cfg.loss), train_set.stats)
-    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
-    freeze(model)
+    train_set, model = frozen_trained_model(cfg, ckpt)
     cal = calibrate_cfg(*STEPS).calibration
     start, trained = None, []
     for workers in (0, 1):
