@@ -245,15 +245,3 @@ class BitMasks(InstanceMasks):
         box = torch.stack([x0, y0, x1, y1], dim=1)
         out[nonempty] = box[nonempty]
         return out
-
-
-def rasterize_segmentation(segm, height: int, width: int) -> np.ndarray:
-    """Rasterise one LVIS/COCO segmentation (polygon list, RLE or uncompressed RLE) -> ``(H, W)`` bool."""
-    if isinstance(segm, list):
-        rles = mask_util.frPyObjects(segm, height, width)
-        rle = mask_util.merge(rles)
-    elif isinstance(segm.get("counts"), list):
-        rle = mask_util.frPyObjects(segm, height, width)
-    else:
-        rle = segm
-    return mask_util.decode(rle).astype(bool)

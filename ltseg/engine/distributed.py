@@ -104,14 +104,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
-    """Element-wise max over ranks (identity for one process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        values = values.clone()
-        _guard("all_reduce", dist.all_reduce, values, op=dist.ReduceOp.MAX)
-    return values
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s picklable ``obj`` on every rank."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -3,7 +3,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
-from ltseg.data.masks import BitMasks, PolygonMasks, rasterize_segmentation
+from ltseg.data.masks import BitMasks, PolygonMasks
 
 H, W = 48, 64
 SQUARE = [10.0, 8.0, 30.0, 8.0, 30.0, 28.0, 10.0, 28.0]           # 20 x 20 at (10, 8)
@@ -129,16 +129,3 @@ def test_bad_polygon_rejected():
         PolygonMasks([[SQUARE], [[1.0, 2.0, 3.0, 4.0]]], H, W)
     with pytest.raises(ValueError, match="instance 0"):
         PolygonMasks([[]], H, W)
-
-
-def test_rasterize_segmentation_formats():
-    poly = rasterize_segmentation([SQUARE], H, W)
-    rle = mask_util.encode(np.asfortranarray(poly.astype(np.uint8)))
-    assert np.array_equal(rasterize_segmentation(rle, H, W), poly)
-    rle_str = {"size": rle["size"], "counts": rle["counts"].decode()}
-    assert np.array_equal(rasterize_segmentation(rle_str, H, W), poly)
-    # uncompressed RLE (COCO crowd style): column-major run lengths starting with zeros
-    flat = poly.flatten(order="F")
-    bounds = np.r_[0, np.flatnonzero(flat[1:] != flat[:-1]) + 1, flat.size]
-    runs = ([0] if flat[0] else []) + np.diff(bounds).tolist()
-    assert np.array_equal(rasterize_segmentation({"size": [H, W], "counts": runs}, H, W), poly)
