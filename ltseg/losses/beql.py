@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, foreground, set_label_entries, sigmoid_targets, weighted_bce
+from ltseg.losses.common import (
+    SigmoidLoss, foreground, set_label_entries, sigmoid_bce, sigmoid_targets, weighted_bce,
+)
 
 
 @register_loss("beql")
@@ -41,9 +43,14 @@ class BackgroundEQL(SigmoidLoss):
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         tail = self.tail(ctx.stats, z, self.lambda_)
-        zw = z.detach() if self.detach_weight else z
-        neg_log_b = (F.logsigmoid(zw) * (-1.0 / math.log(self.log_base))).clamp(max=1.0)
-        w_bg = torch.addcmul(z.new_ones(()), tail[None, :], neg_log_b, value=-1.0)
         fg = foreground(ctx.labels, tail.numel())[:, None]
-        w = set_label_entries(torch.where(fg, (1.0 - tail)[None, :], w_bg), ctx.labels, 1.0)
-        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)
+        if not self.detach_weight:
+            neg_log_b = (F.logsigmoid(z) * (-1.0 / math.log(self.log_base))).clamp(max=1.0)
+            w_bg = torch.addcmul(z.new_ones(()), tail[None, :], neg_log_b, value=-1.0)
+            w = set_label_entries(torch.where(fg, (1.0 - tail)[None, :], w_bg), ctx.labels, 1.0)
+            return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)
+        # constant weight: log σ(z) is computed once, for the weight and the loss; fg rows get 1 - T_j
+        log_sig = F.logsigmoid(z.detach())
+        w = log_sig.mul(-1.0 / math.log(self.log_base)).clamp_(max=1.0).masked_fill_(fg, 1.0)
+        w = set_label_entries(w.mul_(tail[None, :]).neg_().add_(1.0), ctx.labels, 1.0)
+        return sigmoid_bce(z, ctx.labels, w, log_sig=log_sig)

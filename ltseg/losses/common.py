@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import ClassificationLoss, LossContext, prior_bias
@@ -126,30 +127,89 @@ def set_label_entries(w: Tensor, labels: Tensor, value: float | bool) -> Tensor:
 
 def eql_weight(labels: Tensor, t: Tensor) -> Tensor:
     """``1 - E_i T_j (1 - y_ij)`` ``(R, C)`` for ``t (C,)`` (0/1 tail set or a soft T)."""
-    fg = foreground(labels, t.numel()).to(t.dtype)
-    return set_label_entries(1.0 - fg[:, None] * t[None, :], labels, 1.0)
+    fg = foreground(labels, t.numel())[:, None]
+    return set_label_entries(torch.where(fg, (1.0 - t)[None, :], 1.0), labels, 1.0)
+
+
+def owned_noise(ctx: LossContext, like: Tensor) -> Tensor:
+    """``ctx.uniform_noise(like)`` ``(R, C)`` in ``like``'s dtype, a tensor the caller may overwrite.
+
+    Injected noise is copied; float64 logits (reference tests) get the float32 noise widened exactly.
+    """
+    u = ctx.uniform_noise(like)
+    return u.to(dtype=like.dtype, copy=u is ctx.noise)
 
 
 def bernoulli_keep(labels: Tensor, tail: Tensor, noise: Tensor, keep_prob: Tensor) -> Tensor:
-    """DropLoss-style keep mask ``(R, C)`` bool.
+    """DropLoss-style keep weights ``(R, C)`` (1.0 / 0.0 in ``noise``'s dtype), written into ``noise``.
 
     Foreground rows: EQL (keep non-tail classes and the label). Background rows: keep iff
     ``noise_ij <= keep_prob_j`` (``keep_prob (C,)``; > 1 means always kept).
     """
     fg = foreground(labels, tail.numel())[:, None]
-    keep = torch.where(fg, tail[None, :] == 0, noise <= keep_prob[None, :])
-    return set_label_entries(keep, labels, True)
+    keep = noise.le_(keep_prob[None, :])
+    torch.where(fg, (tail == 0).to(keep.dtype)[None, :], keep, out=keep)
+    return set_label_entries(keep, labels, 1.0)
 
 
 def weighted_bce(z: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
-    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` — the sigmoid family's reduction (sum over R·C, / R).
-
-    A constant ``w`` is fused into the BCE kernel; a differentiable one is multiplied outside.
-    """
+    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` through autograd (plain BCE; a weight that needs its gradient)."""
     r = max(z.shape[0], 1)
     if w is not None and w.requires_grad:
         return (F.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum() / r
     return F.binary_cross_entropy_with_logits(z, y, weight=w, reduction="sum") / r
+
+
+class _SigmoidBCESum(torch.autograd.Function):
+    """``Σ_ij w_ij bce(z_ij, y_ij)`` for a constant ``w``, with the analytic gradient ``w (σ(z) - y)``.
+
+    The one-hot ``y`` is never built (its R entries are patched), the weight is applied in
+    place, and only ``z``, ``labels`` and ``w`` are kept for the backward pass. Same element
+    values, products and reduction order as ``binary_cross_entropy_with_logits(z, y, w, "sum")``.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, labels: Tensor, w: Tensor | None, log_sig: Tensor | None, sig: Tensor | None):
+        c = z.shape[1]
+        idx, fg = label_index(labels, c), foreground(labels, c)[:, None]
+        elem = F.logsigmoid(z) if log_sig is None else log_sig
+        ls_y = elem.gather(1, idx)
+        torch.sub(z, elem, out=elem)  # bce(z, 0) = z - log σ(z)
+        elem.scatter_(1, idx, torch.where(fg, ls_y.neg_(), elem.gather(1, idx)))  # bce(z, 1) = -log σ(z)
+        if w is not None:
+            elem.mul_(w)
+        ctx.save_for_backward(z, labels, w)
+        ctx.sig = sig
+        return elem.sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        z, labels, w = ctx.saved_tensors
+        g = torch.sigmoid(z) if ctx.sig is None else ctx.sig
+        ctx.sig = None  # consumed: a second backward (retain_graph) recomputes it
+        c = z.shape[1]
+        idx, fg = label_index(labels, c), foreground(labels, c)[:, None]
+        p_y = g.gather(1, idx)
+        g.scatter_(1, idx, torch.where(fg, p_y - 1.0, p_y)).mul_(grad)
+        if w is not None:
+            g.mul_(w)
+        return g, None, None, None, None
+
+
+def sigmoid_bce(z: Tensor, labels: Tensor, w: Tensor | None = None, *,
+                log_sig: Tensor | None = None, sig: Tensor | None = None) -> Tensor:
+    """``Σ_ij w_ij bce(z_ij, y_ij) / R`` — the sigmoid family's reduction — for a constant ``w``.
+
+    Args:
+        z: ``(R, C)`` logits; ``labels (R,)`` in ``0..C`` (``y`` = their one-hot, background rows 0).
+        w: constant weights broadcastable to ``(R, C)`` (e.g. a 0/1 keep mask), or None.
+        log_sig: ``logsigmoid(z)`` ``(R, C)`` if the caller already has it (overwritten).
+        sig: ``sigmoid(z)`` ``(R, C)`` if the caller already has it (overwritten by the backward).
+    """
+    if w is not None and w.requires_grad:
+        raise ValueError("sigmoid_bce: w must be constant; use weighted_bce to differentiate through it")
+    return _SigmoidBCESum.apply(z, labels, w, log_sig, sig) / max(z.shape[0], 1)
 
 
 def tail_ratio(labels: Tensor, tail: Tensor, all_reduce: bool = False) -> Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, bernoulli_keep, sigmoid_targets, tail_ratio, weighted_bce
+from ltseg.losses.common import SigmoidLoss, bernoulli_keep, owned_noise, sigmoid_bce, tail_ratio
 
 VARIANTS = ("code", "paper")
 
@@ -47,5 +47,5 @@ class DropLoss(SigmoidLoss):
         keep_tail = torch.nan_to_num(rho, nan=2.0)  # no foreground RoI: keep everything
         keep_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "paper" else 2.0
         keep_prob = tail * keep_tail + (1.0 - tail) * keep_freq
-        keep = bernoulli_keep(ctx.labels, tail, ctx.uniform_noise(z), keep_prob)
-        return weighted_bce(z, sigmoid_targets(ctx.labels, z), keep.to(z.dtype))
+        keep = bernoulli_keep(ctx.labels, tail, owned_noise(ctx, z), keep_prob)
+        return sigmoid_bce(z, ctx.labels, keep)

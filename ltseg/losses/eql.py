@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, eql_weight, set_label_entries, sigmoid_targets, weighted_bce
+from ltseg.losses.common import SigmoidLoss, eql_weight, set_label_entries, sigmoid_bce
 
 THRESHOLDS = ("step", "exponential", "gompertz")
 
@@ -71,4 +71,4 @@ class EqualizationLoss(SigmoidLoss):
             if ctx.image_pos is None or ctx.image_neg is None:
                 raise ValueError("EqualizationLoss: image_level_rule needs LossContext.image_pos and image_neg")
             w = w.masked_fill(ctx.image_pos.to(z.device) | ctx.image_neg.to(z.device), 1.0)
-        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)
+        return sigmoid_bce(z, ctx.labels, w)

@@ -10,7 +10,7 @@ from torch import Tensor
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
 from ltseg.losses.common import (
-    SigmoidLoss, foreground, set_label_entries, sigmoid_targets, tail_ratio, weighted_bce,
+    SigmoidLoss, foreground, owned_noise, set_label_entries, sigmoid_bce, tail_ratio,
 )
 
 FREQ_VARIANTS = ("eq10", "text")
@@ -74,6 +74,7 @@ class FBSAEGL(SigmoidLoss):
         sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "text" else 2.0
         sigma = tail * sigma_tail + (1.0 - tail) * sigma_freq
         fg = foreground(ctx.labels, tail.numel())[:, None]
-        keep = (torch.sigmoid(z.detach()) >= self.mu) & (fg | (ctx.uniform_noise(z) < sigma[None, :]))
-        w = set_label_entries(keep, ctx.labels, True).to(z.dtype).mul_(wf[None, :])
-        return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)
+        sig = torch.sigmoid(z.detach())  # the gate here, then the gradient σ(z) - y in the backward
+        w = owned_noise(ctx, z).lt_(sigma[None, :]).masked_fill_(fg, 1.0).mul_(sig >= self.mu)  # wBer · gate
+        w = set_label_entries(w, ctx.labels, 1.0).mul_(wf[None, :])
+        return sigmoid_bce(z, ctx.labels, w, sig=sig)

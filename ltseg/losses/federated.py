@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import LossBase, sigmoid_targets, weighted_bce
+from ltseg.losses.common import LossBase, sigmoid_bce
 
 
 @register_loss("federated")
@@ -56,4 +56,4 @@ class FederatedLoss(LossBase):
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
         chosen = self.sample_classes(ctx.labels, ctx.stats, ctx.generator)
-        return weighted_bce(z[:, :c], sigmoid_targets(ctx.labels, z[:, :c]), chosen.to(z.dtype)[None, :])
+        return sigmoid_bce(z[:, :c], ctx.labels, chosen.to(z.dtype)[None, :])
