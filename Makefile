@@ -8,7 +8,7 @@ CKPT   ?=
 
 .PHONY: install demo test test-slow bench-step bench-eval bench-loss-speed bench-losses calibrate clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard ltseg/evaluation/*.c)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'

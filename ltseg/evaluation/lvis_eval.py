@@ -19,6 +19,7 @@ from .matching import box_iou_pairs, greedy_match, gt_to_rle, measure_masks
 from .parallel import default_workers
 from .params import AREA_RNG, MAX_DETS
 from .results import Detections, load_results
+from .rle import MalformedMask, use_native
 from .sorting import lexsort
 
 IOU_TYPES = ("bbox", "segm")
@@ -114,8 +115,11 @@ def select(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_
 
 
 def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: int = MAX_DETS,
-                    workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them."""
+                    workers: int = 1, mask_backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them.
+
+    ``mask_backend``: ``auto`` (the compiled kernel when built), ``native`` or ``pycocotools``.
+    """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
     num_k = gt.num_categories
@@ -139,14 +143,20 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
             g_count = np.zeros_like(g_count)
         g_img, hw, segm = gt.ann_img[g_order], gt.image_hw, gt.ann_segm
 
-        def dt_rles(a, b):
-            return det.rles(keep[a:b])
-
         def gt_rles(a, b):
             return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
                     for j in range(a, b)]
 
-        d_area, mask_iou = measure_masks(key, g_first, g_count, dt_rles, gt_rles, workers)
+        try:
+            d_area, mask_iou = measure_masks(key, g_first, g_count, det.masks(keep), gt_rles, workers,
+                                             mask_backend)
+        except MalformedMask as e:
+            if e.which == "gt":
+                raise ValueError(f"{gt.source}: annotation id={gt.ann_id[g_order[e.row]]}: its RLE runs do "
+                                 "not cover the image size") from None
+            j = keep[e.row]
+            raise ValueError(f"{det.name(j)} (image_id={det.image_id[j]}, category_id={det.category_id[j]}): "
+                             f"segmentation RLE runs do not cover its size {det.seg_hw[j].tolist()}") from None
     else:
         d_area = det.bbox[keep, 2] * det.bbox[keep, 3]
     ok = (d_area > 0) & (d_area < np.inf)            # lvis-api's get_ann_ids area filter
@@ -216,16 +226,20 @@ class LVISEvaluator:
         bins: ``"lvis"`` ([0,10,100,1000,inf)), ``"coco_lt"`` ([0,20,400,8000,inf)) or edges.
         train_stats: training category counts for the bins (JSON path, dict or CategoryStats).
         workers: processes for parsing and mask IoU (default: usable cores, max 8).
+        mask_backend: mask areas and IoU by the compiled kernel (``native``), ``pycocotools``, or
+            ``auto`` (the kernel when it was built); the numbers are the same.
     """
 
     def __init__(self, gt, iou_type: str, max_dets: int = MAX_DETS, bins="lvis", train_stats=None,
-                 workers: int | None = None):
+                 workers: int | None = None, mask_backend: str = "auto"):
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
         self.gt = GroundTruth.load(gt)
         self.iou_type, self.max_dets = iou_type, max_dets
         self.edges = bin_edges(bins)
         self.workers = default_workers() if workers is None else workers
+        use_native(mask_backend)                     # an unknown or unbuilt backend fails here
+        self.mask_backend = mask_backend
         self.train_image_count, self.train_instance_count, self.train_source = \
             train_counts(train_stats, self.gt)
 
@@ -243,7 +257,8 @@ class LVISEvaluator:
         if len(det) == 0:
             warnings.warn("results are empty: every metric is 0 (or -1 where the official API gives -1)",
                           stacklevel=2)
-        precision, recall = evaluate_arrays(self.gt, det, self.iou_type, self.max_dets, self.workers)
+        precision, recall = evaluate_arrays(self.gt, det, self.iou_type, self.max_dets, self.workers,
+                                            self.mask_backend)
         return self.metrics(precision, recall)
 
     def metrics(self, precision: np.ndarray, recall: np.ndarray, summary: dict | None = None) -> Metrics:

@@ -12,7 +12,7 @@ import pycocotools.mask as mask_utils
 from . import parallel
 from .parallel import parallel_map
 from .params import IOU_THRS
-from .results import rle_area
+from .rle import MalformedMask, PackedMasks, measure
 from .sorting import lexsort
 
 
@@ -40,30 +40,28 @@ def gt_to_rle(segm, h: int, w: int) -> dict:
 
 
 def _measure_masks(task) -> tuple[np.ndarray, np.ndarray]:
-    """Areas of rows ``a:b`` and the IoU blocks of their groups (one worker's share)."""
-    dt_rles, gt_rles, a, b, key, g_start, g_num = task
-    rles = dt_rles(a, b)                         # each RLE dict is built once, for both uses
-    area = rle_area(rles)
-    blocks = []
-    lo = np.flatnonzero(np.r_[True, key[a + 1:b] != key[a:b - 1]]) + a      # first row per group
-    for ra, rb in zip(lo.tolist(), np.r_[lo[1:], b].tolist()):
-        ga, ng = int(g_start[ra]), int(g_num[ra])
-        if ng:
-            iou = mask_utils.iou(rles[ra - a:rb - a], gt_rles(ga, ga + ng), [0] * ng)
-            blocks.append(np.asarray(iou, dtype=np.float64).reshape(-1))
-    return area, (np.concatenate(blocks) if blocks else np.zeros(0))
+    """Areas and IoU blocks of rows ``a:b`` (one worker's share)."""
+    dt, gt_rles, a, b, g_start, g_num, backend = task
+    first, count = g_start[a:b], g_num[a:b]
+    has = np.flatnonzero(count)
+    lo, hi = (int(first[has[0]]), int(first[has[-1]] + count[has[-1]])) if len(has) else (0, 0)
+    try:
+        return measure(dt.take(slice(a, b)), PackedMasks.from_dicts(gt_rles(lo, hi)),
+                       np.where(count > 0, first - lo, 0), count, backend)
+    except MalformedMask as e:                  # rows of this piece -> rows of the whole pass
+        raise MalformedMask(e.which, e.row + (a if e.which == "detection" else lo)) from None
 
 
-def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt_rles, gt_rles,
-                  workers: int) -> tuple[np.ndarray, np.ndarray]:
+def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt: PackedMasks, gt_rles,
+                  workers: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Mask areas of ``N`` detection rows and their mask IoU with the GT of their group.
 
     Rows are sorted by group ``key``; row ``d`` meets GT rows ``g_start[d]:+g_num[d]``
-    (``g_num`` 0: no GT of its (image, category), area only). ``dt_rles(a, b)`` /
-    ``gt_rles(a, b)`` give the RLE dicts of rows ``a:b``. Returns areas ``(N,)`` float64 and
+    (``g_num`` 0: no GT of its (image, category), area only). ``dt`` holds the rows' masks;
+    ``gt_rles(a, b)`` gives the RLE dicts of GT rows ``a:b``. Returns areas ``(N,)`` float64 and
     the IoU (pycocotools ``rleIou``) of each row with each of its GTs, ``(sum(g_num),)``, rows
-    in order (the pair layout :func:`greedy_match` reads). One pycocotools call per group;
-    the rows are cut at group boundaries into pieces for ``workers`` forked processes.
+    in order (the pair layout :func:`greedy_match` reads). The rows are cut at group boundaries
+    into pieces for ``workers`` forked processes; see :func:`ltseg.evaluation.rle.measure`.
     """
     n = len(key)
     if n == 0:
@@ -73,7 +71,7 @@ def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt_rl
     cut = np.searchsorted(cost, np.linspace(0, cost[-1], pieces + 1)[1:-1])
     cut = np.unique(np.searchsorted(key, key[np.minimum(cut, n - 1)]))     # at group starts
     bounds = np.r_[0, cut[cut > 0], n]
-    tasks = [(dt_rles, gt_rles, int(a), int(b), key, g_start, g_num)
+    tasks = [(dt, gt_rles, int(a), int(b), g_start, g_num, backend)
              for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     parts = parallel_map(_measure_masks, tasks, workers)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -25,10 +25,17 @@ import pycocotools.mask as mask_utils
 
 from .gt import GroundTruth
 from .parallel import default_workers, parallel_map
+from .rle import PackedMasks
+
+try:
+    from . import _scan
+except ImportError:                # built without a C compiler: msgspec / orjson parse everything
+    _scan = None
 
 SPLIT_BYTES = 1 << 24          # files above this are parsed in pieces, in parallel
 PIECE_BYTES = 1 << 26          # at most this much JSON is held as Python objects per worker
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_BLANK = re.compile(rb"\s*")
 _image_id = itemgetter("image_id")
 _category_id = itemgetter("category_id")
 _score = itemgetter("score")
@@ -72,22 +79,14 @@ class Detections:
                 src, start = s, first
         return f"{src}[{n - start}]"
 
+    def masks(self, rows: np.ndarray) -> PackedMasks:
+        """The compressed-RLE masks of detections ``rows``."""
+        return PackedMasks(tuple(self.buffers), self.buf[rows], self.cstart[rows], self.cend[rows],
+                           np.ascontiguousarray(self.seg_hw[rows]))
+
     def rles(self, rows: np.ndarray) -> list:
         """Compressed-RLE dicts (pycocotools format) of detections ``rows``."""
-        bufs = self.buffers
-        return [{"size": [h, w], "counts": bufs[b][s:e]} for b, s, e, h, w in zip(
-            self.buf[rows].tolist(), self.cstart[rows].tolist(), self.cend[rows].tolist(),
-            self.seg_hw[rows, 0].tolist(), self.seg_hw[rows, 1].tolist())]
-
-
-def rle_area(rles: list) -> np.ndarray:
-    """Pixel counts of compressed RLEs, float64 ``(n,)``.
-
-    Batched by 255: pycocotools' ``area`` builds a uint8 array of the batch size and overflows
-    under NumPy 2 for larger batches.
-    """
-    return np.concatenate([mask_utils.area(rles[i:i + 255]).astype(np.float64)
-                           for i in range(0, len(rles), 255)] or [np.zeros(0)])
+        return self.masks(rows).dicts()
 
 
 @dataclass
@@ -211,7 +210,9 @@ def _parse(ch: _Chunk) -> dict:
         items = ch.items[ch.span[0]:ch.span[1]]
     else:
         with _json_list(ch) as raw:
-            out = _parse_typed(raw, ch)
+            out = _parse_scanned(raw, ch)
+            if out is None:
+                out = _parse_typed(raw, ch)
             if out is not None:
                 return out
             items = _loads(raw, ch.source)
@@ -276,6 +277,30 @@ def _pack_counts(counts: list, ch: _Chunk) -> dict:
     return {"buffer": None, "cstart": ch.out_at + ends - lens, "cend": ch.out_at + ends}
 
 
+def _parse_scanned(raw, ch: _Chunk) -> dict | None:
+    """Fastest path, the compiled scanner ``_scan.c``: results in the usual layout go straight
+    into arrays and their counts into the chunk's room in ``ch.out``, with no Python object per
+    result. None when the scanner is not built or the piece is not in that layout."""
+    if _scan is None or (ch.segm and ch.out is None):
+        return None
+    got = _scan.scan(raw, ch.segm, ch.out, ch.out_at)
+    if got is None:
+        return None
+    n, ids, score, bbox, hw, cstart, cend = got
+    out = {"n": n}
+    if n == 0:
+        return out
+    out["ids"] = np.frombuffer(ids, np.int64).reshape(n, 2)
+    out["score"] = np.frombuffer(score, np.float64)
+    out["bbox"] = np.frombuffer(bbox, np.float64).reshape(n, 4)
+    out["has_bbox"], out["first_has_bbox"] = np.ones(n, bool), True
+    if ch.segm:
+        out["hw"] = np.frombuffer(hw, np.int64).reshape(n, 2)
+        out["cstart"], out["cend"] = np.frombuffer(cstart, np.int64), np.frombuffer(cend, np.int64)
+        out["buffer"], out["has_segm"] = None, np.ones(n, bool)
+    return out
+
+
 @cache
 def _typed_decoder(segm: bool):
     """msgspec decoder of a results list in the common layout (None without msgspec)."""
@@ -333,16 +358,17 @@ def _parse_typed(raw: bytes, ch: _Chunk) -> dict | None:
 def _json_list(ch: _Chunk):
     """The chunk's text as a JSON list: the whole file, or ``"[" + data[a:b] + "]"``.
 
-    For a span of a ``bytearray`` file this is a view, no copy: the delimiters on either side of
-    the span (``,`` or the file's own brackets) are set to ``[`` / ``]`` in place and restored
-    afterwards (a forked worker only changes its private copy of two pages; in-process chunks
-    run one after another).
+    For a span of a file read by :func:`_read_mutable` this is a view, no copy: the delimiters on
+    either side of the span (``,`` or the file's own brackets) are set to ``[`` / ``]`` in place
+    and restored afterwards (a forked worker only changes its private copy of two pages;
+    in-process chunks run one after another).
     """
     if ch.span is None:
-        yield ch.data
+        with memoryview(ch.data) as view:
+            yield view
         return
     (a, b), data = ch.span, ch.data
-    if not isinstance(data, bytearray):
+    if not isinstance(data, (bytearray, mmap.mmap)):
         yield b"[" + data[a:b] + b"]"
         return
     saved = data[a - 1], data[b]
@@ -352,6 +378,19 @@ def _json_list(ch: _Chunk):
             yield view
     finally:
         data[a - 1], data[b] = saved
+
+
+def _read_mutable(path: Path) -> "mmap.mmap | bytearray":
+    """The file's bytes, writable in this process only: a copy-on-write memory map (pages are
+    read when touched, by the workers that parse them), or a bytearray where mapping fails."""
+    try:
+        with path.open("rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError):                # empty file, or a file system without mmap
+        data = bytearray(path.stat().st_size)
+        with path.open("rb") as f:
+            del data[f.readinto(data):]
+        return data
 
 
 def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
@@ -366,7 +405,7 @@ def _split(data: bytes, source: str, pieces: int) -> list[tuple[int, int]]:
         m = _BOUNDARY.search(data, max(lo + p * step, cuts[-1]), hi)
         if m is None:
             break
-        comma = data.index(b",", m.start())
+        comma = data.find(b",", m.start())
         cuts.append(comma)
     spans = []
     for a, b in zip(cuts, cuts[1:] + [hi]):
@@ -405,10 +444,8 @@ def load_results(results: "str | Path | Sequence[str | Path] | list[dict]", gt: 
         for path in map(Path, results):
             if not path.is_file():
                 raise FileNotFoundError(f"results file not found: {path}")
-            data = bytearray(path.stat().st_size)      # mutable: see _json_list
-            with path.open("rb") as f:
-                del data[f.readinto(data):]
-            if not data or data.isspace():
+            data = _read_mutable(path)
+            if _BLANK.fullmatch(data):
                 raise ValueError(f"{path}: empty file; results must be a JSON list of detections")
             pieces = max(workers, -(-len(data) // PIECE_BYTES)) if len(data) > SPLIT_BYTES else 1
             try:

@@ -8,6 +8,7 @@ import pytest
 from ltseg.evaluation import parallel
 from ltseg.evaluation.gt import _positions
 from ltseg.evaluation.matching import measure_masks
+from ltseg.evaluation.rle import PackedMasks
 
 
 def _reference_positions(table, ids):
@@ -41,9 +42,10 @@ def _box_rle(x, y, w, h, size=(40, 50)):
     return mask_utils.frPyObjects([[x, y, x + w, y, x + w, y + h, x, y + h]], *size)[0]
 
 
-def test_mask_pass_matches_per_group_pycocotools(monkeypatch):
+@pytest.mark.parametrize("backend", ["native", "pycocotools"])
+def test_mask_pass_matches_per_group_pycocotools(monkeypatch, backend):
     """Areas of every row, IoU blocks (rows in order, GTs in order) only for rows with GT, for
-    any cut of the rows into worker pieces."""
+    any cut of the rows into worker pieces, with either mask backend."""
     rng = np.random.default_rng(0)
     gts = [_box_rle(*rng.integers(0, 20, 4) + [0, 0, 1, 1]) for _ in range(6)]
     # groups (by key): 3 rows with GT 0..1, 2 rows without GT, 4 rows with GT 2..4, 1 row with GT 5
@@ -52,9 +54,7 @@ def test_mask_pass_matches_per_group_pycocotools(monkeypatch):
     g_num = np.array([2, 2, 2, 0, 0, 3, 3, 3, 3, 1])
     dets = [_box_rle(*rng.integers(0, 20, 4) + [0, 0, 1, 1]) for _ in range(len(key))]
     dets[3] = _box_rle(0, 0, 0, 0)                              # empty mask: area 0
-
-    def dt_rles(a, b):
-        return dets[a:b]
+    packed = PackedMasks.from_dicts(dets)
 
     def gt_rles(a, b):
         return gts[a:b]
@@ -64,10 +64,10 @@ def test_mask_pass_matches_per_group_pycocotools(monkeypatch):
                                for a, b, s, n in [(0, 3, 0, 2), (5, 9, 2, 3), (9, 10, 5, 1)]])
     monkeypatch.setattr(parallel, "MIN_DETS_PER_WORKER", 1)
     for workers in (1, 2, 3, 4):
-        area, iou = measure_masks(key, g_start, g_num, dt_rles, gt_rles, workers)
+        area, iou = measure_masks(key, g_start, g_num, packed, gt_rles, workers, backend)
         assert np.array_equal(area, want_area)
         assert np.array_equal(iou, want_iou)
-    area, iou = measure_masks(key[:0], g_start[:0], g_num[:0], dt_rles, gt_rles, 2)
+    area, iou = measure_masks(key[:0], g_start[:0], g_num[:0], packed.take(slice(0, 0)), gt_rles, 2, backend)
     assert area.shape == iou.shape == (0,)
 
 
