@@ -6,10 +6,46 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ltseg.losses.base import LossContext, register_loss
 from ltseg.losses.common import LossBase, all_reduce_sum
 from ltseg.losses.normed_linear import NormedLinear
+
+
+class _SeesawCE(torch.autograd.Function):
+    """Seesaw's two terms on ``z (R, C+2)`` for a constant ``log_s (R, C)``, with the analytic gradient.
+
+    ``[Σ_{fg i} CE(z_i,:C + log_s_i, y_i) + Σ_i CE(z_i,C:, 1[i is background])] / R``; gradient
+    ``fg_i (softmax(z_i,:C + log_s_i) - y_i) / R`` and ``(softmax(z_i,C:) - t_i) / R``, written
+    straight into one ``(R, C+2)`` tensor. ``log_s`` is overwritten.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, labels: Tensor, log_s: Tensor):
+        r, c = z.shape[0], log_s.shape[1]
+        fg = labels != c
+        target = labels.clamp(max=c - 1)
+        log_p = F.log_softmax(log_s.add_(z[:, :c]), dim=1)
+        log_p_obj = F.log_softmax(z[:, c:], dim=1)
+        ctx.save_for_backward(log_p, log_p_obj, labels)
+        loss_cls = F.nll_loss(log_p, target, reduction="none")
+        loss_obj = F.nll_loss(log_p_obj, (~fg).long(), reduction="sum")
+        return (loss_cls * fg).sum() / max(r, 1) + loss_obj / max(r, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        log_p, log_p_obj, labels = ctx.saved_tensors
+        r, c = log_p.shape
+        fg = labels != c
+        scale = grad / max(r, 1)
+        out = torch.empty(r, c + 2, dtype=log_p.dtype, device=log_p.device)
+        g_cls, g_obj = torch.exp(log_p, out=out[:, :c]), torch.exp(log_p_obj, out=out[:, c:])
+        idx, idx_obj = labels.clamp(max=c - 1)[:, None], (~fg).long()[:, None]
+        g_cls.scatter_(1, idx, g_cls.gather(1, idx) - 1.0).mul_(fg[:, None] * scale)
+        g_obj.scatter_(1, idx_obj, g_obj.gather(1, idx_obj) - 1.0).mul_(scale)
+        return out, None, None
 
 
 @register_loss("seesaw")
@@ -56,8 +92,12 @@ class SeesawLoss(LossBase):
             self.cum_samples = torch.zeros(saved.shape, dtype=torch.float64, device=self.cum_samples.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def update_counts(self, labels: Tensor, num_classes: int) -> Tensor:
-        """Add this batch's label counts to ``cum_samples`` (in place) and return it."""
+    def update_counts(self, labels: Tensor, num_classes: int, valid: Tensor | None = None) -> Tensor:
+        """Add this batch's label counts to ``cum_samples`` (in place) and return it.
+
+        ``valid`` (0-dim bool, on device): count the batch only if true — non-finite logits on
+        CUDA, where the input check does not stop the step, leave the counts untouched.
+        """
         if self.cum_samples.numel() == 0:
             self.cum_samples = torch.zeros(num_classes + 1, dtype=torch.float64, device=labels.device)
         if self.cum_samples.numel() != num_classes + 1:
@@ -66,28 +106,26 @@ class SeesawLoss(LossBase):
                 f"{num_classes} classes (+1 background); the checkpoint belongs to another dataset"
             )
         batch = self.cum_samples.new_zeros(num_classes + 1).index_add_(0, labels, self.cum_samples.new_ones(labels.shape))
+        if valid is not None:
+            batch.mul_(valid)
         self.cum_samples += all_reduce_sum(batch, self.all_reduce)
         return self.cum_samples
 
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
         labels = ctx.labels
-        counts = self.update_counts(labels, c)
-        r = max(z.shape[0], 1)
-        z_cls, z_obj = z[:, :c], z[:, c:]
-        fg = labels != c
+        counts = self.update_counts(labels, c, None if z.device.type == "cpu" else torch.isfinite(z).all())
         idx = labels.clamp(max=c - 1)[:, None]
-        log_s = torch.zeros((), dtype=z.dtype, device=z.device)
+        if self.q > 0:  # log C_ij = q max(log σ_j - log max(σ_i, eps), 0), σ detached
+            log_s = F.log_softmax(z[:, :c].detach(), dim=1)
+            log_self = log_s.gather(1, idx).clamp_(min=math.log(self.eps))
+            log_s.sub_(log_self).clamp_(min=0.0).mul_(self.q)
+        else:
+            log_s = z.new_zeros(z.shape[0], c)
         if self.p > 0:  # log M_ij = min(p log N_j - p log N_i, 0)
             p_log_n = (self.p * counts[:c].clamp(min=1.0).log()).to(z.dtype)
-            log_s = (p_log_n[None, :] - p_log_n[idx]).clamp_(max=0.0)
-        if self.q > 0:  # log C_ij = q max(log σ_j - log max(σ_i, eps), 0), σ detached
-            log_sigma = F.log_softmax(z_cls.detach(), dim=1)
-            log_self = log_sigma.gather(1, idx).clamp_(min=math.log(self.eps))
-            log_s = log_sigma.sub_(log_self).clamp_(min=0.0).mul_(self.q).add_(log_s)
-        loss_cls = F.cross_entropy(z_cls + log_s, idx.squeeze(1), reduction="none")
-        loss_obj = F.cross_entropy(z_obj, (~fg).long(), reduction="sum")
-        return (loss_cls * fg).sum() / r + loss_obj / r
+            log_s.add_((p_log_n[None, :] - p_log_n[idx]).clamp_(max=0.0))
+        return _SeesawCE.apply(z, labels, log_s)
 
     def scores(self, logits: Tensor) -> Tensor:
         c = logits.shape[1] - 2

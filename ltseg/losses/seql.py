@@ -4,9 +4,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SoftmaxLoss
+from ltseg.losses.common import SoftmaxLoss, owned_noise, set_label_entries
+
+
+class _MaskedSoftmaxCE(torch.autograd.Function):
+    """``(1/R) Σ_i -log softmax(z_i + a_i)[y_i]`` for a constant additive mask ``a`` (0 or -inf).
+
+    ``z (R, K)``, ``labels (R,)``, ``a (R, C)`` on the first C <= K columns. Forward = ``F.cross_entropy``
+    of the masked logits; backward = ``(softmax - y) / R`` in place of the saved log-probabilities
+    (exactly 0 on masked logits).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, labels: Tensor, a: Tensor):
+        c = a.shape[1]
+        masked = torch.empty_like(z)
+        torch.add(z[:, :c], a, out=masked[:, :c])
+        masked[:, c:] = z[:, c:]
+        log_p = F.log_softmax(masked, dim=1)
+        ctx.save_for_backward(log_p, labels)
+        return F.nll_loss(log_p, labels)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        log_p, labels = ctx.saved_tensors
+        g = log_p.exp()
+        idx = labels[:, None]
+        g.scatter_(1, idx, g.gather(1, idx) - 1.0).mul_(grad / g.shape[0])
+        return g, None, None
 
 
 @register_loss("seql")
@@ -33,8 +62,8 @@ class SoftmaxEQL(SoftmaxLoss):
         c = ctx.num_classes
         if z.shape[0] == 0:
             return z.sum() * 0.0
-        tail = self.tail(ctx.stats, z, self.lambda_) > 0
-        drop = z.new_zeros(z.shape, dtype=torch.bool)
-        drop[:, :c] = tail[None, :] & (ctx.uniform_noise(z) <= self.gamma)
-        drop.scatter_(1, ctx.labels[:, None], False)
-        return F.cross_entropy(z.masked_fill(drop, float("-inf")), ctx.labels)
+        tail = self.tail(ctx.stats, z, self.lambda_)
+        # drop iff tail and noise <= γ (γ in float32, like the noise; -1: a frequent class never drops)
+        threshold = torch.where(tail > 0, self.gamma, -1.0).float()
+        drop = set_label_entries(owned_noise(ctx, z[:, :c]).le_(threshold[None, :]), ctx.labels, 0.0)
+        return _MaskedSoftmaxCE.apply(z, ctx.labels, drop.neg_().log1p_())  # log(1 - drop): 0 or -inf
