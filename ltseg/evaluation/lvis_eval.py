@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from . import parallel
 from .accumulate import accumulate, per_category, rank_order, summarize
 from .bins import bin_ap, bin_edges, train_counts
 from .gt import GroundTruth
 from .matching import box_iou_pairs, greedy_match, gt_to_rle, measure_masks
-from .parallel import default_workers
-from .params import AREA_RNG, MAX_DETS
+from .parallel import default_workers, fork_workers, parallel_map
+from .params import AREA_RNG, IOU_THRS, MAX_DETS, REC_THRS
 from .results import Detections, load_results
 from .rle import MalformedMask, use_native
 from .sorting import lexsort
@@ -118,12 +119,40 @@ def evaluate_arrays(gt: GroundTruth, det: Detections, iou_type: str, max_dets: i
                     workers: int = 1, mask_backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """precision ``(T, R, K, A)`` and recall ``(T, K, A)`` exactly as lvis-api computes them.
 
+    After the per-image cap, categories are independent: with several ``workers`` each forked
+    process evaluates a range of categories (ranges balanced by detection count).
     ``mask_backend``: ``auto`` (the compiled kernel when built), ``native`` or ``pycocotools``.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
-    num_k = gt.num_categories
     keep, mask_area = select(gt, det, iou_type, max_dets)
+    num_k = gt.num_categories
+    pieces = min(fork_workers(workers), len(keep) // parallel.MIN_DETS_PER_WORKER)
+    if pieces <= 1:
+        return _evaluate_kept(gt, det, keep, mask_area, iou_type, workers, mask_backend)
+    cat = gt.cat_index(det.category_id[keep])
+    cum = np.cumsum(np.bincount(cat, minlength=num_k))
+    bounds = np.unique(np.r_[0, np.searchsorted(cum, np.linspace(0, cum[-1], pieces + 1)[1:-1]) + 1, num_k])
+    tasks = [(gt, det, keep[(cat >= a) & (cat < b)], mask_area, iou_type, mask_backend, int(a), int(b))
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    precision = np.empty((len(IOU_THRS), len(REC_THRS), num_k, len(AREA_RNG)))
+    recall = np.empty((len(IOU_THRS), num_k, len(AREA_RNG)))
+    for (*_, a, b), (p, r) in zip(tasks, parallel_map(_evaluate_categories, tasks, workers)):
+        precision[:, :, a:b], recall[:, a:b] = p, r
+    return precision, recall
+
+
+def _evaluate_categories(task) -> tuple[np.ndarray, np.ndarray]:
+    """precision / recall of categories ``a:b`` from the kept detections of those categories."""
+    gt, det, keep, mask_area, iou_type, mask_backend, a, b = task
+    precision, recall = _evaluate_kept(gt, det, keep, mask_area, iou_type, 1, mask_backend)
+    return precision[:, :, a:b].copy(), recall[:, a:b].copy()
+
+
+def _evaluate_kept(gt: GroundTruth, det: Detections, keep: np.ndarray, mask_area: bool, iou_type: str,
+                   workers: int, mask_backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`evaluate_arrays` from the detections :func:`select` kept (ascending indices)."""
+    num_k = gt.num_categories
     img, cat, score = gt.image_index(det.image_id[keep]), gt.cat_index(det.category_id[keep]), det.score[keep]
     key = img * num_k + cat                          # (image, category) group
     order = lexsort((keep, -score, key))             # groups, then (score desc, input order)

@@ -45,6 +45,16 @@ def default_workers() -> int:
     return max(1, min(8, n))
 
 
+def fork_workers(workers: int) -> int:
+    """Processes :func:`parallel_map` would use: ``workers``, or 1 where forking is not possible
+    or not safe (see there)."""
+    if (workers <= 1 or "fork" not in mp.get_all_start_methods()
+            or mp.current_process().daemon          # daemonic processes may not have children
+            or threading.active_count() > 1):
+        return 1
+    return workers
+
+
 def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
     """``[fn(x) for x in items]``, with up to ``workers`` forked processes (in-process if 1).
 
@@ -53,9 +63,7 @@ def parallel_map(fn: Callable, items: Sequence, workers: int) -> list:
     multi-threaded caller, such as the trainer evaluating at the end of a run, runs in-process.
     """
     global _TASK
-    if (workers <= 1 or len(items) <= 1 or "fork" not in mp.get_all_start_methods()
-            or mp.current_process().daemon          # daemonic processes may not have children
-            or threading.active_count() > 1):
+    if fork_workers(workers) <= 1 or len(items) <= 1:
         return [without_gc(fn, x) for x in items]
     _TASK = (fn, items)
     try:

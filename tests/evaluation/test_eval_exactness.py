@@ -30,11 +30,12 @@ def test_results_without_bbox_use_mask_boxes_and_areas():
     check(gt, res, iou_types=("bbox",))
 
 
-def test_parallel_mask_iou_and_areas_match_official(monkeypatch):
+def test_category_ranges_and_mask_pieces_in_workers_match_official(monkeypatch):
+    """Forked workers evaluate ranges of categories (and cut mask passes): same numbers."""
     from ltseg.evaluation import parallel
     monkeypatch.setattr(parallel, "MIN_DETS_PER_WORKER", 1)
     gt, res = make_case(9, num_images=10, size=(200, 240))
-    check(gt, res, iou_types=("segm",), workers=3)
+    check(gt, res, iou_types=("bbox", "segm"), workers=3)
 
 
 def test_file_shards_dicts_and_workers_agree(tmp_path):
