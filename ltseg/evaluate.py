@@ -58,6 +58,7 @@ def run(cfg: dict) -> dict:
         cfg["gt"], results, iou_types=[iou_types] if isinstance(iou_types, str) else iou_types,
         train_stats=cfg.get("train_stats"), bins=cfg.get("bins", "lvis"),
         output_dir=cfg.get("output"), backend=cfg.get("backend", "native"),
+        mask_backend=cfg.get("mask_backend", "auto"),
         max_dets=int(cfg.get("max_dets", 300)), workers=cfg.get("workers"),
         plots=bool(cfg.get("plots", False)))
     print(format_table(metrics))

@@ -14,7 +14,8 @@ BACKENDS = ("native", "official")
 
 def evaluate_results(gt, results, iou_types=IOU_TYPES, train_stats=None, bins="lvis",
                      output_dir=None, backend: str = "native", max_dets: int = MAX_DETS,
-                     workers: int | None = None, plots: bool = True) -> dict[str, dict[str, float]]:
+                     workers: int | None = None, plots: bool = True, mask_backend: str = "auto"
+                     ) -> dict[str, dict[str, float]]:
     """Evaluate ``results`` for each IoU type; returns ``{iou_type: {metric: float}}``.
 
     Args:
@@ -28,6 +29,8 @@ def evaluate_results(gt, results, iou_types=IOU_TYPES, train_stats=None, bins="l
         backend: ``"native"`` (this package) or ``"official"`` (the lvis package, slow).
         max_dets: per-image cap (LVIS: 300).
         workers: processes for parsing and mask IoU (default: usable cores, max 8).
+        plots: with ``output_dir``, also write the PNG plots.
+        mask_backend: mask area / IoU by the C kernel (``native``), ``pycocotools``, or ``auto``.
     """
     if isinstance(iou_types, str):
         iou_types = (iou_types,)
@@ -45,7 +48,7 @@ def evaluate_results(gt, results, iou_types=IOU_TYPES, train_stats=None, bins="l
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")               # the train_stats warning is given once below
         evaluators = {t: LVISEvaluator(gt, t, max_dets=max_dets, bins=bins, train_stats=train_stats,
-                                       workers=workers) for t in iou_types}
+                                       workers=workers, mask_backend=mask_backend) for t in iou_types}
     if train_stats is None:
         warnings.warn(f"no train_stats given: instance-count bins use the counts in {gt.source}'s "
                       "categories, which may be VALIDATION counts; pass train_stats=<training json>",

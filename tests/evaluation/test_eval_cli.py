@@ -60,6 +60,17 @@ def test_cli_official_backend_and_bins_preset(files, capsys):
     assert list(a) == ["bbox"] and a == b
 
 
+def test_cli_mask_backends_agree(files, capsys):
+    d, gt, res, gt_path, res_path, train = files
+    for b in ("native", "pycocotools"):
+        assert main([f"gt={gt_path}", f"results={res_path}", "iou_types=segm", f"output={d / b}",
+                     f"mask_backend={b}"]) == 0
+    assert json.loads((d / "native" / "metrics.json").read_text()) == \
+        json.loads((d / "pycocotools" / "metrics.json").read_text())
+    assert main([f"gt={gt_path}", f"results={res_path}", "mask_backend=cuda"]) == 2
+    assert "mask backend 'cuda'" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(files, capsys):
     d, gt, res, gt_path, res_path, train = files
     assert main([f"gt={gt_path}", f"results={res_path}", "colour=red"]) == 2
