@@ -81,8 +81,19 @@ class ClassificationLoss(nn.Module):
         nn.init.constant_(layer.bias, self.init_bias())
         return layer
 
+    @staticmethod
+    def checks_eagerly(device: torch.device) -> bool:
+        """Whether ``check_inputs`` tests finiteness on the host: on CPU (free); not on CUDA or other
+        accelerators, where reading the result back is a host sync each step (``guard_nonfinite``)."""
+        return device.type == "cpu"
+
     def check_inputs(self, logits: Tensor, ctx: LossContext) -> Tensor:
-        """Validate shapes and finiteness; return the logits in float32 (losses run in fp32)."""
+        """Validate shapes (and, on CPU, finiteness); return the logits in float32 (losses run in fp32).
+
+        Raises ``FloatingPointError`` naming the loss and ``ctx.iteration`` for non-finite logits
+        on CPU. Elsewhere no host sync: the loss passes its value through ``guard_nonfinite``
+        and the trainer skips the non-finite step.
+        """
         expected = self.num_logits(ctx.num_classes)
         if logits.dim() != 2 or logits.shape[1] != expected:
             raise ValueError(
@@ -91,10 +102,21 @@ class ClassificationLoss(nn.Module):
             )
         if ctx.labels.shape != (logits.shape[0],):
             raise ValueError(f"{type(self).__name__}: labels shape {tuple(ctx.labels.shape)} != ({logits.shape[0]},)")
-        if not torch.isfinite(logits).all():
+        # one cheap sum first; only a non-finite sum (non-finite logits, or an overflow) runs the exact test
+        if self.checks_eagerly(logits.device) and not torch.isfinite(logits.sum()) and not torch.isfinite(logits).all():
             where = f" at iteration {ctx.iteration}" if ctx.iteration is not None else ""
             raise FloatingPointError(f"{type(self).__name__}: non-finite classification logits{where}")
         return logits.float()
+
+    def guard_nonfinite(self, logits: Tensor, loss: Tensor) -> Tensor:
+        """``loss``, or NaN when any logit is non-finite and ``check_inputs`` did not test it eagerly.
+
+        Device-side (no sync): whatever a method does with the logits (masking, dropping
+        columns), a non-finite logit always reaches the trainer as a non-finite loss.
+        """
+        if self.checks_eagerly(logits.device):
+            return loss
+        return torch.where(torch.isfinite(logits).all(), loss, float("nan"))
 
 
 def prior_bias(prior_prob: float) -> float:

@@ -43,7 +43,7 @@ class LossBase(ClassificationLoss):
         if logits.dtype == torch.float64:  # reference tests and gradcheck stay in float64
             z = logits
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.compute(z, ctx)
+            return self.guard_nonfinite(z, self.compute(z, ctx))
 
     def class_tensor(self, stats: CategoryStats, key: str, like: Tensor, fn) -> Tensor:
         """``fn(stats)`` (a float64 ``(C,)`` tensor) with ``like``'s dtype and device.

@@ -114,7 +114,7 @@ class SeesawLoss(LossBase):
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         c = ctx.num_classes
         labels = ctx.labels
-        counts = self.update_counts(labels, c, None if z.device.type == "cpu" else torch.isfinite(z).all())
+        counts = self.update_counts(labels, c, None if self.checks_eagerly(z.device) else torch.isfinite(z).all())
         idx = labels.clamp(max=c - 1)[:, None]
         if self.q > 0:  # log C_ij = q max(log σ_j - log max(σ_i, eps), 0), σ detached
             log_s = F.log_softmax(z[:, :c].detach(), dim=1)
