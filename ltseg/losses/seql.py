@@ -14,8 +14,8 @@ class _MaskedSoftmaxCE(torch.autograd.Function):
     """``(1/R) Σ_i -log softmax(z_i + a_i)[y_i]`` for a constant additive mask ``a`` (0 or -inf).
 
     ``z (R, K)``, ``labels (R,)``, ``a (R, C)`` on the first C <= K columns. Forward = ``F.cross_entropy``
-    of the masked logits; backward = ``(softmax - y) / R`` in place of the saved log-probabilities
-    (exactly 0 on masked logits).
+    of the masked logits; backward = ``(softmax - y) / R`` (exactly 0 on masked logits), from the
+    saved masked logits: ``softmax`` is fast on -inf, ``exp`` of -inf log-probabilities is not.
     """
 
     @staticmethod
@@ -24,15 +24,14 @@ class _MaskedSoftmaxCE(torch.autograd.Function):
         masked = torch.empty_like(z)
         torch.add(z[:, :c], a, out=masked[:, :c])
         masked[:, c:] = z[:, c:]
-        log_p = F.log_softmax(masked, dim=1)
-        ctx.save_for_backward(log_p, labels)
-        return F.nll_loss(log_p, labels)
+        ctx.save_for_backward(masked, labels)
+        return F.nll_loss(F.log_softmax(masked, dim=1), labels)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        log_p, labels = ctx.saved_tensors
-        g = log_p.exp()
+        masked, labels = ctx.saved_tensors
+        g = F.softmax(masked, dim=1)
         idx = labels[:, None]
         g.scatter_(1, idx, g.gather(1, idx) - 1.0).mul_(grad / g.shape[0])
         return g, None, None
