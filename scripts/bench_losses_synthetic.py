@@ -1,7 +1,7 @@
 """`make bench-losses`: train the tiny model with every loss over 3 seeds on the built-in dataset.
 
     python scripts/bench_losses_synthetic.py [--losses ce bce ...] [--seeds 0 1 2]
-        [--out outputs/bench_losses] [--report docs/results/synthetic_losses.md] [--dry-run]
+        [--out outputs/bench_losses] [--report docs/results/synthetic_losses.md] [--dry-run | --report-only]
         [-- extra ltseg.train overrides, e.g. schedule=demo data.generator.tail_exponent=1.2]
 
 Each run is ``python -m ltseg.train loss=<name> seed=<s> hydra.run.dir=<out>/<name>/seed<s>``
@@ -42,12 +42,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/bench_losses")
     ap.add_argument("--report", default="docs/results/synthetic_losses.md")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("--report-only", action="store_true", help="write the report from the finished runs, train nothing")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.losses) - set(LOSSES))
     if unknown:
         ap.error(f"unknown loss {', '.join(unknown)}; available: {', '.join(sorted(LOSSES))}")
     out = Path(args.out)
-    for run_dir, cmd in commands(args.losses, args.seeds, out, extra):
+    for run_dir, cmd in [] if args.report_only else commands(args.losses, args.seeds, out, extra):
         if (run_dir / ".hydra").is_dir() and load_run(run_dir) is not None:
             print(f"done already: {run_dir}")
             continue
@@ -60,8 +61,8 @@ def main(argv=None) -> int:
     report = Path(args.report)
     header = (
         "# Loss benchmark on the built-in dataset\n\n"
-        f"`python scripts/bench_losses_synthetic.py --seeds {' '.join(map(str, args.seeds))}"
-        + (f" -- {' '.join(extra)}" if extra else "") + "`: tiny model, same seed / schedule / data per loss. "
+        "`make bench-losses` (`python scripts/bench_losses_synthetic.py`): the tiny model trained with each "
+        "loss, same schedule and data, seeds 0, 1, 2; `n` is the number of finished seeds of a loss. "
         + (f"{len(pending)} runs without metrics were left out." if pending else "")
     )
     print(write_loss_report(runs, report, report.with_name(report.stem + "_pareto.png"), header))

@@ -124,3 +124,19 @@ def test_bench_losses_synthetic_dry_run(tmp_path):
     assert f"loss=eql seed=1 hydra.run.dir={tmp_path}/eql/seed1" in lines[1]
     bad = subprocess.run([sys.executable, str(script), "--losses", "nope", "--dry-run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "available:" in bad.stderr
+
+
+def test_bench_losses_synthetic_report_only(tmp_path):
+    """--report-only trains nothing and reports the finished runs (unfinished ones counted)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses_synthetic.py"
+    fake_run(tmp_path / "runs", "ce/seed0", ["loss=ce", "seed=0"], metrics(0.2, 0.10, 0.2, 0.3))
+    fake_run(tmp_path / "runs", "bce/seed0", ["loss=bce", "seed=0"], metrics(0.2, 0.12, 0.2, 0.3))
+    (tmp_path / "runs" / "eql" / "seed0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "runs" / "eql" / "seed0" / ".hydra" / "overrides.yaml").write_text("- loss=eql\n- seed=0\n")
+    report = tmp_path / "out" / "r.md"
+    res = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "runs"), "--report", str(report),
+                          "--report-only"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "ltseg.train" not in res.stdout
+    md = report.read_text()
+    assert "| loss=ce | 1 |" in md and "| loss=bce | 1 |" in md and "1 runs without metrics" in md
