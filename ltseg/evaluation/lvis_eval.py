@@ -172,9 +172,9 @@ def _evaluate_kept(gt: GroundTruth, det: Detections, keep: np.ndarray, mask_area
             g_count = np.zeros_like(g_count)
         g_img, hw, segm = gt.ann_img[g_order], gt.image_hw, gt.ann_segm
 
-        def gt_rles(a, b):
+        def gt_rles(rows):
             return [gt_to_rle(segm[g_order[j]], int(hw[g_img[j], 0]), int(hw[g_img[j], 1]))
-                    for j in range(a, b)]
+                    for j in rows.tolist()]
 
         try:
             d_area, mask_iou = measure_masks(key, g_first, g_count, det.masks(keep), gt_rles, workers,

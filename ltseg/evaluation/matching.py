@@ -43,13 +43,16 @@ def _measure_masks(task) -> tuple[np.ndarray, np.ndarray]:
     """Areas and IoU blocks of rows ``a:b`` (one worker's share)."""
     dt, gt_rles, a, b, g_start, g_num, backend = task
     first, count = g_start[a:b], g_num[a:b]
-    has = np.flatnonzero(count)
-    lo, hi = (int(first[has[0]]), int(first[has[-1]] + count[has[-1]])) if len(has) else (0, 0)
+    starts, at = np.unique(first[count > 0], return_index=True)     # the GT runs these rows meet
+    sizes = count[count > 0][at]
+    offset = np.cumsum(sizes) - sizes                                 # each run's place in `need`
+    need = np.repeat(starts - offset, sizes) + np.arange(int(sizes.sum()))
+    local = np.zeros(len(count), np.int64)                           # first row in `need`
+    local[count > 0] = offset[np.searchsorted(starts, first[count > 0])]
     try:
-        return measure(dt.take(slice(a, b)), PackedMasks.from_dicts(gt_rles(lo, hi)),
-                       np.where(count > 0, first - lo, 0), count, backend)
+        return measure(dt.take(slice(a, b)), PackedMasks.from_dicts(gt_rles(need)), local, count, backend)
     except MalformedMask as e:                  # rows of this piece -> rows of the whole pass
-        raise MalformedMask(e.which, e.row + (a if e.which == "detection" else lo)) from None
+        raise MalformedMask(e.which, a + e.row if e.which == "detection" else int(need[e.row])) from None
 
 
 def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt: PackedMasks, gt_rles,
@@ -58,7 +61,8 @@ def measure_masks(key: np.ndarray, g_start: np.ndarray, g_num: np.ndarray, dt: P
 
     Rows are sorted by group ``key``; row ``d`` meets GT rows ``g_start[d]:+g_num[d]``
     (``g_num`` 0: no GT of its (image, category), area only). ``dt`` holds the rows' masks;
-    ``gt_rles(a, b)`` gives the RLE dicts of GT rows ``a:b``. Returns areas ``(N,)`` float64 and
+    ``gt_rles(rows)`` gives the RLE dicts of the GT ``rows`` (an index array); each piece asks
+    only for the GT its rows meet. Returns areas ``(N,)`` float64 and
     the IoU (pycocotools ``rleIou``) of each row with each of its GTs, ``(sum(g_num),)``, rows
     in order (the pair layout :func:`greedy_match` reads). The rows are cut at group boundaries
     into pieces for ``workers`` forked processes; see :func:`ltseg.evaluation.rle.measure`.

@@ -56,17 +56,28 @@ def test_mask_pass_matches_per_group_pycocotools(monkeypatch, backend):
     dets[3] = _box_rle(0, 0, 0, 0)                              # empty mask: area 0
     packed = PackedMasks.from_dicts(dets)
 
-    def gt_rles(a, b):
-        return gts[a:b]
+    asked = []
+
+    def gt_rles(rows):
+        asked.append(rows.tolist())
+        return [gts[j] for j in rows]
 
     want_area = mask_utils.area(dets).astype(np.float64)
     want_iou = np.concatenate([mask_utils.iou(dets[a:b], gts[s:s + n], [0] * n).reshape(-1)
                                for a, b, s, n in [(0, 3, 0, 2), (5, 9, 2, 3), (9, 10, 5, 1)]])
     monkeypatch.setattr(parallel, "MIN_DETS_PER_WORKER", 1)
     for workers in (1, 2, 3, 4):
+        asked.clear()
         area, iou = measure_masks(key, g_start, g_num, packed, gt_rles, workers, backend)
         assert np.array_equal(area, want_area)
         assert np.array_equal(iou, want_iou)
+        if workers == 1:
+            assert asked == [[0, 1, 2, 3, 4, 5]]
+    asked.clear()
+    sub = np.r_[0:3, 9]                                         # rows meeting GT 0..1 and 5 only
+    area, iou = measure_masks(key[sub], g_start[sub], g_num[sub], packed.take(sub), gt_rles, 1, backend)
+    assert asked == [[0, 1, 5]] and np.array_equal(area, want_area[sub])
+    assert np.array_equal(iou, np.r_[want_iou[:6], want_iou[-1:]])
     area, iou = measure_masks(key[:0], g_start[:0], g_num[:0], packed.take(slice(0, 0)), gt_rles, 2, backend)
     assert area.shape == iou.shape == (0,)
 

@@ -106,6 +106,17 @@ def test_evaluator_names_a_malformed_detection_mask(tmp_path):
         ev.evaluate(str(path))
 
 
+def test_evaluator_names_a_malformed_gt_mask():
+    gt, res = make_case(3, num_images=6)
+    met = {(d["image_id"], d["category_id"]) for d in res}
+    ann = next(a for a in gt["annotations"] if (a["image_id"], a["category_id"]) in met)
+    img = next(i for i in gt["images"] if i["id"] == ann["image_id"])
+    ann["segmentation"] = {"size": [img["height"], img["width"]], "counts": "1"}
+    ev = LVISEvaluator(gt, "segm", train_stats=gt, mask_backend="native")
+    with pytest.raises(ValueError, match=rf"annotation id={ann['id']}: its RLE runs do not cover"):
+        ev.evaluate(res)
+
+
 def test_mask_backends_give_identical_metrics():
     gt, res = make_case(11, num_images=25)
     got = [LVISEvaluator(gt, "segm", train_stats=gt, mask_backend=b, workers=1).evaluate(res).summary
