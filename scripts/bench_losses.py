@@ -5,9 +5,8 @@
 
 LVIS-v1-like statistics (337 rare / 461 common / 405 frequent classes), 25 % foreground RoIs.
 Losses are timed round-robin (one repeat of each in turn) and the median is reported as a
-ratio to BCE. On CUDA every loss's ``compute`` (forward and backward, after the base class's
-input check, whose finiteness test is one sync) also runs under
-``torch.cuda.set_sync_debug_mode("error")``: a host synchronisation inside a loss fails the run.
+ratio to BCE. On CUDA every loss's full forward (input checks included) and backward also runs
+once under ``torch.cuda.set_sync_debug_mode("error")``: a host synchronisation in a loss fails the run.
 """
 from __future__ import annotations
 
@@ -63,13 +62,15 @@ def main() -> None:
     losses = {n: LOSSES[n]().to(device) for n in names}
     inputs = {n: torch.randn(r, losses[n].num_logits(c), generator=gen).to(device).requires_grad_() for n in names}
     ctx = LossContext(labels, stats, generator=dev_gen)
-    for n in names:  # warm-up (caches, allocator, kernels); on CUDA: no host sync in `compute`
+    for n in names:  # warm-up (caches, allocator, kernels); on CUDA: no host sync in forward+backward
         losses[n](inputs[n], ctx).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
-            losses[n].compute(inputs[n].detach().float().requires_grad_(), ctx).backward()
-            torch.cuda.set_sync_debug_mode("default")
+            try:
+                losses[n](inputs[n], ctx).backward()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
     times = {n: [] for n in names}
     for _ in range(args.repeats):
         for n in names:
@@ -94,7 +95,8 @@ def main() -> None:
         for n in names
     ]
     if device.type == "cuda":
-        lines += ["", "Host-sync check: every loss's `compute` ran under `torch.cuda.set_sync_debug_mode(\"error\")` without error (the base `check_inputs` finiteness test is one sync per call)."]
+        lines += ["", "Host-sync check: every loss's forward (input checks included) and backward ran under "
+                  "`torch.cuda.set_sync_debug_mode(\"error\")` without error."]
     else:
         lines += ["", "Host-sync check: not run (needs CUDA: `--device cuda`)."]
     text = "\n".join(lines) + "\n"

@@ -289,13 +289,17 @@ class Trainer:
         self.nonfinite_streak += 1
         self.skipped_steps += 1
         shown = ", ".join(f"{k}={v:.4g}" for k, v in stats.items())
-        self.log.warning(f"iteration {it}: non-finite loss or gradient ({shown}); step skipped "
+        # off CPU the losses do not test their logits eagerly (a host sync): a non-finite
+        # classification logit surfaces here, as a NaN classification loss
+        cls = [k for k, v in stats.items() if "loss_cls" in k and not math.isfinite(v)]
+        why = f"; {', '.join(cls)}: non-finite classification logits or loss" if cls else ""
+        self.log.warning(f"iteration {it}: non-finite loss or gradient ({shown}){why}; step skipped "
                          f"({self.nonfinite_streak} in a row)")
         limit = int(self.cfg["max_nonfinite"])
         if self.nonfinite_streak >= limit:
             raise FloatingPointError(
                 f"iteration {it}: {self.nonfinite_streak} consecutive non-finite steps "
-                f"(trainer.max_nonfinite={limit}); last values: {shown}"
+                f"(trainer.max_nonfinite={limit}); last values: {shown}{why}"
             )
 
     def _summarise(self, window: Mapping[str, list[float]]) -> dict[str, float]:

@@ -51,9 +51,9 @@ class LossContext:
         if self.noise is not None:
             if tuple(self.noise.shape) != (r, c):
                 raise ValueError(f"LossContext.noise has shape {tuple(self.noise.shape)}, expected ({r}, {c})")
-            return self.noise.to(device=like.device, dtype=torch.float32)
+            return self.noise.to(device=like.device, dtype=torch.float32, non_blocking=True)
         if self.generator is not None and self.generator.device != like.device:
-            return torch.rand(r, c, generator=self.generator).to(like.device)
+            return torch.rand(r, c, generator=self.generator).to(like.device, non_blocking=True)
         return torch.rand(r, c, generator=self.generator, device=like.device)
 
 
