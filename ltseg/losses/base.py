@@ -45,8 +45,12 @@ class LossContext:
     def num_classes(self) -> int:
         return self.stats.num_classes
 
-    def uniform_noise(self, like: Tensor) -> Tensor:
-        """``noise`` if injected, else ``U[0,1)`` of shape ``(R, C)`` from ``generator``."""
+    def uniform_noise(self, like: Tensor, out: Tensor | None = None) -> Tensor:
+        """``noise`` if injected, else ``U[0,1)`` of shape ``(R, C)`` from ``generator``.
+
+        ``out``: optional float32 workspace on ``like``'s device that a draw fills in place (the
+        same stream as a fresh tensor); injected noise is returned as is.
+        """
         r, c = like.shape[0], self.num_classes
         if self.noise is not None:
             if tuple(self.noise.shape) != (r, c):
@@ -54,6 +58,8 @@ class LossContext:
             return self.noise.to(device=like.device, dtype=torch.float32, non_blocking=True)
         if self.generator is not None and self.generator.device != like.device:
             return torch.rand(r, c, generator=self.generator).to(like.device, non_blocking=True)
+        if out is not None and out.dtype == torch.float32 and out.device == like.device:
+            return out.resize_(r, c).uniform_(generator=self.generator)
         return torch.rand(r, c, generator=self.generator, device=like.device)
 
 

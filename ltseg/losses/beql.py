@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
 from ltseg.losses.common import (
-    SigmoidLoss, foreground, set_label_entries, sigmoid_bce, sigmoid_targets, weighted_bce,
+    SigmoidLoss, foreground, log_sigmoid_and_scratch, set_label_entries, sigmoid_bce, sigmoid_targets, weighted_bce,
 )
 
 
@@ -50,7 +50,7 @@ class BackgroundEQL(SigmoidLoss):
             w = set_label_entries(torch.where(fg, (1.0 - tail)[None, :], w_bg), ctx.labels, 1.0)
             return weighted_bce(z, sigmoid_targets(ctx.labels, z), w)
         # constant weight: log σ(z) is computed once, for the weight and the loss; fg rows get 1 - T_j
-        log_sig = F.logsigmoid(z.detach())
-        w = log_sig.mul(-1.0 / math.log(self.log_base)).clamp_(max=1.0).masked_fill_(fg, 1.0)
+        log_sig, scratch = log_sigmoid_and_scratch(z)
+        w = torch.mul(log_sig, -1.0 / math.log(self.log_base), out=scratch).clamp_(max=1.0).masked_fill_(fg, 1.0)
         w = set_label_entries(w.mul_(tail[None, :]).neg_().add_(1.0), ctx.labels, 1.0)
         return sigmoid_bce(z, ctx.labels, w, log_sig=log_sig)

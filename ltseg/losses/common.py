@@ -131,13 +131,20 @@ def eql_weight(labels: Tensor, t: Tensor) -> Tensor:
     return set_label_entries(torch.where(fg, (1.0 - t)[None, :], 1.0), labels, 1.0)
 
 
-def owned_noise(ctx: LossContext, like: Tensor) -> Tensor:
+def owned_noise(ctx: LossContext, like: Tensor, out: Tensor | None = None) -> Tensor:
     """``ctx.uniform_noise(like)`` ``(R, C)`` in ``like``'s dtype, a tensor the caller may overwrite.
 
-    Injected noise is copied; float64 logits (reference tests) get the float32 noise widened exactly.
+    Drawn into the float32 workspace ``out`` when given; injected noise is copied; float64 logits
+    (reference tests) get the float32 noise widened exactly.
     """
-    u = ctx.uniform_noise(like)
+    u = ctx.uniform_noise(like, out=out if like.dtype == torch.float32 else None)
     return u.to(dtype=like.dtype, copy=u is ctx.noise)
+
+
+def log_sigmoid_and_scratch(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log σ(z), scratch)`` for ``z (R, C)`` (detached): ``scratch`` is the ``(R, C)`` workspace
+    CPU's log-sigmoid fills anyway, free for a weight or the noise (empty on CUDA; ``out=`` resizes it)."""
+    return torch.ops.aten.log_sigmoid_forward(z.detach())
 
 
 def bernoulli_keep(labels: Tensor, tail: Tensor, noise: Tensor, keep_prob: Tensor) -> Tensor:

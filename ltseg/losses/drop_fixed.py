@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, bernoulli_keep, owned_noise, sigmoid_bce
+from ltseg.losses.common import SigmoidLoss, bernoulli_keep, log_sigmoid_and_scratch, owned_noise, sigmoid_bce
 
 
 @register_loss("drop_fixed")
@@ -29,5 +29,6 @@ class FixedDropLoss(SigmoidLoss):
     def compute(self, z: Tensor, ctx: LossContext) -> Tensor:
         tail = self.tail(ctx.stats, z, self.lambda_)
         keep_prob = tail * (1.0 - self.drop_ratio) + (1.0 - tail) * 2.0  # frequent: always kept
-        keep = bernoulli_keep(ctx.labels, tail, owned_noise(ctx, z), keep_prob)
-        return sigmoid_bce(z, ctx.labels, keep)
+        log_sig, scratch = log_sigmoid_and_scratch(z)
+        keep = bernoulli_keep(ctx.labels, tail, owned_noise(ctx, z, out=scratch), keep_prob)
+        return sigmoid_bce(z, ctx.labels, keep, log_sig=log_sig)

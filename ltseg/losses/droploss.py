@@ -5,7 +5,9 @@ import torch
 from torch import Tensor
 
 from ltseg.losses.base import LossContext, register_loss
-from ltseg.losses.common import SigmoidLoss, bernoulli_keep, owned_noise, sigmoid_bce, tail_ratio
+from ltseg.losses.common import (
+    SigmoidLoss, bernoulli_keep, log_sigmoid_and_scratch, owned_noise, sigmoid_bce, tail_ratio,
+)
 
 VARIANTS = ("code", "paper")
 
@@ -47,5 +49,6 @@ class DropLoss(SigmoidLoss):
         keep_tail = torch.nan_to_num(rho, nan=2.0)  # no foreground RoI: keep everything
         keep_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "paper" else 2.0
         keep_prob = tail * keep_tail + (1.0 - tail) * keep_freq
-        keep = bernoulli_keep(ctx.labels, tail, owned_noise(ctx, z), keep_prob)
-        return sigmoid_bce(z, ctx.labels, keep)
+        log_sig, scratch = log_sigmoid_and_scratch(z)
+        keep = bernoulli_keep(ctx.labels, tail, owned_noise(ctx, z, out=scratch), keep_prob)
+        return sigmoid_bce(z, ctx.labels, keep, log_sig=log_sig)

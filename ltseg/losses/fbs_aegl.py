@@ -10,7 +10,7 @@ from torch import Tensor
 from ltseg.data.category_stats import CategoryStats
 from ltseg.losses.base import LossContext, register_loss
 from ltseg.losses.common import (
-    SigmoidLoss, foreground, owned_noise, set_label_entries, sigmoid_bce, tail_ratio,
+    SigmoidLoss, foreground, log_sigmoid_and_scratch, owned_noise, set_label_entries, sigmoid_bce, tail_ratio,
 )
 
 FREQ_VARIANTS = ("eq10", "text")
@@ -76,7 +76,7 @@ class FBSAEGL(SigmoidLoss):
         fg = foreground(ctx.labels, tail.numel())[:, None]
         # log σ(z) for the loss; its scratch output holds the gate 1[σ(z) >= μ] (1.0 / 0.0); σ(z) is
         # reused by the backward
-        log_sig, scratch = torch.ops.aten.log_sigmoid_forward(z.detach())
+        log_sig, scratch = log_sigmoid_and_scratch(z)
         sig = torch.sigmoid(z.detach())
         gate = torch.ge(sig, self.mu, out=scratch)
         w = owned_noise(ctx, z).lt_(sigma[None, :]).masked_fill_(fg, 1.0).mul_(gate)  # wBer · gate

@@ -105,7 +105,8 @@ class SeesawLoss(LossBase):
                 f"SeesawLoss: cum_samples has {self.cum_samples.numel()} entries but the data has "
                 f"{num_classes} classes (+1 background); the checkpoint belongs to another dataset"
             )
-        batch = self.cum_samples.new_zeros(num_classes + 1).index_add_(0, labels, self.cum_samples.new_ones(labels.shape))
+        ones = self.cum_samples.new_ones(labels.shape)
+        batch = self.cum_samples.new_zeros(num_classes + 1).index_add_(0, labels, ones)
         if valid is not None:
             batch.mul_(valid)
         self.cum_samples += all_reduce_sum(batch, self.all_reduce)

@@ -130,6 +130,19 @@ def test_stochastic_losses_gradcheck_with_noise_and_generator(name, batch):
     assert torch.equal(drawn, loss(z, LossContext(labels, stats, noise=noise)))
     assert torch.autograd.gradcheck(
         lambda x: loss(x, LossContext(labels, stats, generator=torch.Generator().manual_seed(5))), (z,))
+    # float32 logits: the draw goes into a workspace buffer, still the same stream
+    z32 = z.detach().float()
+    drawn = loss(z32, LossContext(labels, stats, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(drawn, loss(z32, LossContext(labels, stats, noise=noise)))
+
+
+def test_uniform_noise_into_a_workspace_is_the_same_stream():
+    c = LossContext(BATCHES["mixed"], small_stats(), generator=torch.Generator().manual_seed(3))
+    buf = torch.empty(0)
+    u = c.uniform_noise(torch.zeros(8, C), out=buf)
+    assert u.data_ptr() == buf.data_ptr() and torch.equal(u, torch.rand(8, C, generator=torch.Generator().manual_seed(3)))
+    injected = LossContext(BATCHES["mixed"], small_stats(), noise=torch.rand(8, C))
+    assert injected.uniform_noise(torch.zeros(8, C), out=buf) is injected.noise  # injected noise wins
 
 
 def _old_keep(labels, tail, noise, keep_prob):
