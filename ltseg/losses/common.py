@@ -2,8 +2,10 @@
 
 Every loss subclasses :class:`SoftmaxLoss` or :class:`SigmoidLoss` (or ``LossBase`` for its
 own layout) and implements ``compute(z, ctx)`` on validated logits ``z``; ``forward`` adds the
-checks (statistics present and from the training split, shape, finiteness) and turns autocast
-off: half / bfloat16 / float32 logits are computed in float32, float64 logits stay float64.
+checks (statistics present and from the training split, shape, finiteness: eager on CPU, a
+device-side NaN guard elsewhere) and turns autocast off: half / bfloat16 / float32 logits are
+computed in float32, float64 logits stay float64. The sigmoid family, SEQL and Seesaw run as
+autograd Functions with analytic gradients (fewer (R, C) passes and temporaries on the hot path).
 """
 from __future__ import annotations
 
