@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks_losses.md")
     args = ap.parse_args()
     device = torch.device(args.device)
+    load_start = os.getloadavg()[0]
     gen = torch.Generator().manual_seed(0)
     stats = lvis_like_stats(args.classes, gen)
     r, c = args.rois, args.classes
@@ -85,7 +86,7 @@ def main() -> None:
         f"{args.repeats} round-robin repeats, {where}, torch {torch.__version__}. "
         "Command: `python scripts/bench_losses.py" + (f" --device {args.device}`." if args.device != "cpu" else "`."),
         "Goal: every loss <= 1.5x BCE. `min` columns: fastest repeat (less sensitive to other load; "
-        f"1-min load average at the end: {os.getloadavg()[0]:.1f}).",
+        f"1-min load average at the start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f}).",
         "",
         "| loss | median ms | x BCE (median) | min ms | x BCE (min) |",
         "|---|---:|---:|---:|---:|",
