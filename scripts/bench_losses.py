@@ -78,7 +78,9 @@ def main() -> None:
             times[n].append(time_once(losses[n], inputs[n], ctx, device))
     med = {n: statistics.median(t) for n, t in times.items()}
     best = {n: min(t) for n, t in times.items()}
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     lines = [
         "# Classification-loss speed",
         "",
