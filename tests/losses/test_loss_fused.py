@@ -140,7 +140,8 @@ def test_uniform_noise_into_a_workspace_is_the_same_stream():
     c = LossContext(BATCHES["mixed"], small_stats(), generator=torch.Generator().manual_seed(3))
     buf = torch.empty(0)
     u = c.uniform_noise(torch.zeros(8, C), out=buf)
-    assert u.data_ptr() == buf.data_ptr() and torch.equal(u, torch.rand(8, C, generator=torch.Generator().manual_seed(3)))
+    assert u.data_ptr() == buf.data_ptr()
+    assert torch.equal(u, torch.rand(8, C, generator=torch.Generator().manual_seed(3)))
     injected = LossContext(BATCHES["mixed"], small_stats(), noise=torch.rand(8, C))
     assert injected.uniform_noise(torch.zeros(8, C), out=buf) is injected.noise  # injected noise wins
 
