@@ -74,11 +74,11 @@ class FBSAEGL(SigmoidLoss):
         sigma_freq = torch.nan_to_num(1.0 - rho, nan=2.0) if self.variant == "text" else 2.0
         sigma = tail * sigma_tail + (1.0 - tail) * sigma_freq
         fg = foreground(ctx.labels, tail.numel())[:, None]
-        # log σ(z) for the loss; its scratch output holds the gate 1[σ(z) >= μ] (1.0 / 0.0); σ(z) is
-        # reused by the backward
+        # log σ(z) for the loss; the noise is drawn into its scratch output (a fresh R x C tensor
+        # costs page faults); σ(z) gives the gate 1[σ(z) >= μ] and is reused by the backward
         log_sig, scratch = log_sigmoid_and_scratch(z)
         sig = torch.sigmoid(z.detach())
-        gate = torch.ge(sig, self.mu, out=scratch)
-        w = owned_noise(ctx, z).lt_(sigma[None, :]).masked_fill_(fg, 1.0).mul_(gate)  # wBer · gate
+        w = owned_noise(ctx, z, out=scratch).lt_(sigma[None, :]).masked_fill_(fg, 1.0)  # wBer
+        w.mul_(sig.ge(self.mu))                                                          # · gate
         w = set_label_entries(w, ctx.labels, 1.0).mul_(wf[None, :])
         return sigmoid_bce(z, ctx.labels, w, log_sig=log_sig, sig=sig)
