@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ltseg.data.category_stats import CategoryStats
-from ltseg.losses.base import LossContext, register_loss
+from ltseg.losses.base import LossContext, prior_bias, register_loss
 from ltseg.losses.common import LossBase, sigmoid_bce
 
 
@@ -17,17 +17,26 @@ class FederatedLoss(LossBase):
     replacement with probability ∝ ``image_count^freq_weight_power`` until ``|F| = num_classes_fed``.
     The draw is ``topk(w / Exp(1))`` — exactly ``torch.multinomial(w, k, replacement=False)``
     with the same generator (``ctx.generator``, else the global RNG), computed without a host sync.
-    Logits ``(R, C+1)`` as in detectron2 (the last column is never trained; bias init 0).
+    Logits ``(R, C+1)`` as in detectron2 (the last column is never trained).
 
     Args:
         num_classes_fed: |F| (50).
         freq_weight_power: exponent on the image counts (0.5).
+        prior_prob: classifier bias init ``-log((1-π)/π)``; ``None`` = detectron2's 0. With 0 the
+            loss starts at ``50 log 2`` per RoI, and the tiny model trained from scratch diverges.
     """
 
-    def __init__(self, num_classes_fed: int = 50, freq_weight_power: float = 0.5) -> None:
+    def __init__(self, num_classes_fed: int = 50, freq_weight_power: float = 0.5,
+                 prior_prob: float | None = 0.01) -> None:
         super().__init__()
+        if prior_prob is not None and not 0.0 < prior_prob < 1.0:
+            raise ValueError(f"FederatedLoss: prior_prob must be in (0, 1) or null, got {prior_prob}")
         self.num_classes_fed = num_classes_fed
         self.freq_weight_power = freq_weight_power
+        self.prior_prob = prior_prob
+
+    def init_bias(self) -> float:
+        return 0.0 if self.prior_prob is None else prior_bias(self.prior_prob)
 
     def num_logits(self, num_classes: int) -> int:
         return num_classes + 1

@@ -1,4 +1,7 @@
 """Federated loss: the detectron2 class draw reproduced without a host sync; value and gradient."""
+import math
+
+import pytest
 import torch
 
 from ltseg.losses import FederatedLoss, LossContext, SigmoidBCE
@@ -66,6 +69,9 @@ def test_all_classes_is_bce_and_zero_count_classes_never_sampled():
 
 def test_head_layout():
     loss = FederatedLoss()
-    assert loss.num_logits(C) == C + 1 and loss.init_bias() == 0.0
+    assert loss.num_logits(C) == C + 1 and loss.init_bias() == pytest.approx(-math.log(99.0), rel=1e-12)
+    assert FederatedLoss(prior_prob=None).init_bias() == 0.0
+    with pytest.raises(ValueError, match="prior_prob"):
+        FederatedLoss(prior_prob=1.0)
     z = torch.randn(4, C + 1)
     torch.testing.assert_close(loss.scores(z), torch.sigmoid(z))
