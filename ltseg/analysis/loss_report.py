@@ -44,7 +44,7 @@ def apr_verdicts(groups: dict[str, list[Run]], iou_type: str = "segm") -> list[s
         m1, s1, n1 = _stats(runs, iou_type, "APr")
         m0, s0, n0 = _stats(by_loss[base], iou_type, "APr")
         delta = 100 * (m1 - m0)
-        se2 = 200 * math.sqrt((s1 ** 2 / n1 if n1 > 1 else 0) + (s0 ** 2 / n0 if n0 > 1 else 0)) if n1 and n0 else float("nan")
+        se2 = 200 * math.sqrt(s1 ** 2 / n1 + s0 ** 2 / n0) if n1 > 1 and n0 > 1 else float("nan")
         if math.isnan(delta):
             verdict = "no AP_r (no rare class evaluated)"
         elif n1 < 2 or n0 < 2:
@@ -55,13 +55,13 @@ def apr_verdicts(groups: dict[str, list[Run]], iou_type: str = "segm") -> list[s
             verdict = "up, but within noise"
         else:
             verdict = "no"
-        rows.append(f"| {loss} | {base} | {delta:+.1f} | {se2:.1f} | {verdict} |")
+        rows.append(f"| {loss} | {base} | {delta:+.1f} | {'n/a' if math.isnan(se2) else f'{se2:.1f}'} | {verdict} |")
     return rows
 
 
 def write_loss_report(runs: list[Run], md_path: str | Path, png_path: str | Path, header: str = "") -> str:
     """Write the markdown report and the AP_r-vs-AP_f Pareto plot of the per-loss means."""
-    groups = group_runs(runs)
+    groups = group_runs(runs, ignore=("seed", "trainer.progress"))
     text = [header.rstrip(), ""] if header else []
     for iou_type in ("segm", "bbox"):
         text += [f"## {iou_type}: mean ± std over seeds (%)", "", mean_std_table(groups, iou_type, METRIC_KEYS)]

@@ -131,6 +131,8 @@ def test_bench_losses_synthetic_report_only(tmp_path):
     script = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses_synthetic.py"
     fake_run(tmp_path / "runs", "ce/seed0", ["loss=ce", "seed=0"], metrics(0.2, 0.10, 0.2, 0.3))
     fake_run(tmp_path / "runs", "bce/seed0", ["loss=bce", "seed=0"], metrics(0.2, 0.12, 0.2, 0.3))
+    fake_run(tmp_path / "runs", "droploss/seed0", ["loss=droploss", "seed=0", "trainer.progress=false"],
+             metrics(0.2, 0.15, 0.2, 0.3))
     (tmp_path / "runs" / "eql" / "seed0" / ".hydra").mkdir(parents=True)
     (tmp_path / "runs" / "eql" / "seed0" / ".hydra" / "overrides.yaml").write_text("- loss=eql\n- seed=0\n")
     report = tmp_path / "out" / "r.md"
@@ -140,3 +142,5 @@ def test_bench_losses_synthetic_report_only(tmp_path):
     assert "ltseg.train" not in res.stdout
     md = report.read_text()
     assert "| loss=ce | 1 |" in md and "| loss=bce | 1 |" in md and "1 runs without metrics" in md
+    assert "| loss=droploss | 1 |" in md                       # display-only overrides do not split groups
+    assert "| droploss | bce | +3.0 | n/a | up (single seed, no error bar) |" in md
