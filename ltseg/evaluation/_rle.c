@@ -5,8 +5,8 @@
  * detection string is decoded once, from the shared counts buffer, and met with the already
  * decoded GT masks of its group. The arithmetic is pycocotools' (maskApi.c), so the numbers
  * are identical: the string decoding of rleFrString, the area of rleArea, and rleIou with
- * iscrowd = 0 (its bounding-box pre-check included, so a -1 for different mask sizes appears
- * exactly where pycocotools writes one).
+ * iscrowd = 0. rleIou's bounding-box pre-check only matters for masks of different sizes
+ * (0 or -1), so boxes are computed for those pairs alone (see iou()).
  *
  * One function, measure(); see its docstring. It releases the GIL while it runs.
  */
@@ -131,7 +131,7 @@ static double iou(const Rle *d, const Rle *g)
     return i ? (double)i / (double)(d->area + g->area - i) : 0.0;
 }
 
-/* Read-only or writable 1-d buffer of the given item size, or a TypeError. */
+/* A read-only or writable contiguous buffer of n items of itemsize bytes (n < 0: any), else an error. */
 static int get_array(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t n, int writable,
                      const char *name)
 {
