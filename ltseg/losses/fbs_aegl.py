@@ -75,10 +75,12 @@ class FBSAEGL(SigmoidLoss):
         sigma = tail * sigma_tail + (1.0 - tail) * sigma_freq
         fg = foreground(ctx.labels, tail.numel())[:, None]
         # log σ(z) for the loss; the noise is drawn into its scratch output (a fresh R x C tensor
-        # costs page faults); σ(z) gives the gate 1[σ(z) >= μ] and is reused by the backward
+        # costs page faults); σ(z) gives the gate 1[σ(z) >= μ] and is reused by the backward.
+        # Every mask stays float32: a bool operand sends CPU kernels down a slow casting path.
         log_sig, scratch = log_sigmoid_and_scratch(z)
         sig = torch.sigmoid(z.detach())
-        w = owned_noise(ctx, z, out=scratch).lt_(sigma[None, :]).masked_fill_(fg, 1.0)  # wBer
-        w.mul_(sig.ge(self.mu))                                                          # · gate
+        gate = torch.ge(sig, self.mu, out=self.workspace(sig))
+        w = owned_noise(ctx, z, out=scratch).lt_(sigma[None, :])
+        torch.maximum(w, fg.to(w.dtype), out=w).mul_(gate)  # wBer (1 on foreground rows) · gate
         w = set_label_entries(w, ctx.labels, 1.0).mul_(wf[None, :])
         return sigmoid_bce(z, ctx.labels, w, log_sig=log_sig, sig=sig)

@@ -146,6 +146,23 @@ def test_uniform_noise_into_a_workspace_is_the_same_stream():
     assert injected.uniform_noise(torch.zeros(8, C), out=buf) is injected.noise  # injected noise wins
 
 
+def test_cpu_workspace_is_reused_and_leaves_no_trace_between_calls():
+    """FBS-AEGL's gate lives in a per-module CPU workspace: same memory for the same shape, and a
+    module that has seen other batch sizes gives exactly what a fresh module gives."""
+    stats = small_stats()
+    loss = FBSAEGL()
+    first = loss.workspace(torch.zeros(8, C))
+    assert loss.workspace(torch.zeros(8, C)).data_ptr() == first.data_ptr()
+    assert loss.workspace(torch.zeros(8, C, dtype=torch.float64)).dtype == torch.float64
+    for r, seed in [(8, 0), (3, 1), (8, 2), (5, 3)]:
+        labels = BATCHES["mixed"][:r]
+        z = rand(r, C, seed=seed, dtype=torch.float32).requires_grad_()
+        noise = torch.rand(r, C, generator=torch.Generator().manual_seed(seed))
+        (g,) = torch.autograd.grad(v := loss(z, LossContext(labels, stats, noise=noise)), z)
+        (g_ref,) = torch.autograd.grad(v_ref := FBSAEGL()(z, LossContext(labels, stats, noise=noise)), z)
+        assert torch.equal(v, v_ref) and torch.equal(g, g_ref), r
+
+
 def _old_keep(labels, tail, noise, keep_prob):
     """The pre-fusion DropLoss keep mask (bool ops, one-hot targets), kept here as an oracle."""
     fg = (labels != tail.numel())[:, None]
