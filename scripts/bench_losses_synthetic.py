@@ -2,10 +2,12 @@
 
     python scripts/bench_losses_synthetic.py [--losses ce bce ...] [--seeds 0 1 2]
         [--out outputs/bench_losses] [--report docs/results/synthetic_losses.md] [--dry-run | --report-only]
+        [--loss-override reweight:trainer.clip_grad_norm=10 ...]
         [-- extra ltseg.train overrides, e.g. schedule=demo data.generator.tail_exponent=1.2]
 
 Each run is ``python -m ltseg.train loss=<name> seed=<s> hydra.run.dir=<out>/<name>/seed<s>``
-(same schedule and data for every loss); finished runs (with a metrics.json) are skipped, so an
+(same schedule and data for every loss; ``--loss-override LOSS:KEY=VALUE`` adds an override to one
+loss's runs, which the report shows in that loss's row); finished runs (with a metrics.json) are skipped, so an
 interrupted benchmark resumes. The report (mean ± std per loss, ΔAP_r vs the baseline, Pareto
 plot) is written from whatever runs have finished. Hours on CPU.
 """
@@ -21,13 +23,14 @@ from ltseg.analysis.sweep import collect_runs, load_run
 from ltseg.losses import LOSSES
 
 
-def commands(losses, seeds, out: Path, extra) -> list[tuple[Path, list[str]]]:
-    """(run folder, command) per loss and seed."""
+def commands(losses, seeds, out: Path, extra, per_loss: dict[str, list[str]]) -> list[tuple[Path, list[str]]]:
+    """(run folder, command) per loss and seed; ``per_loss[name]`` is appended to that loss's runs."""
     jobs = []
     for name in losses:
         for s in seeds:
             run_dir = out / name / f"seed{s}"
-            cmd = [sys.executable, "-m", "ltseg.train", f"loss={name}", f"seed={s}", f"hydra.run.dir={run_dir}", *extra]
+            cmd = [sys.executable, "-m", "ltseg.train", f"loss={name}", f"seed={s}", f"hydra.run.dir={run_dir}",
+                   *extra, *per_loss.get(name, [])]
             jobs.append((run_dir, cmd))
     return jobs
 
@@ -43,12 +46,20 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default="docs/results/synthetic_losses.md")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     ap.add_argument("--report-only", action="store_true", help="write the report from the finished runs, train nothing")
+    ap.add_argument("--loss-override", action="append", default=[], metavar="LOSS:KEY=VALUE",
+                    help="an ltseg.train override for one loss's runs only (repeatable)")
     args = ap.parse_args(argv)
-    unknown = sorted(set(args.losses) - set(LOSSES))
+    per_loss: dict[str, list[str]] = {}
+    for item in args.loss_override:
+        name, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            ap.error(f"--loss-override '{item}': expected LOSS:KEY=VALUE, e.g. reweight:trainer.clip_grad_norm=10")
+        per_loss.setdefault(name, []).append(override)
+    unknown = sorted((set(args.losses) | set(per_loss)) - set(LOSSES))
     if unknown:
         ap.error(f"unknown loss {', '.join(unknown)}; available: {', '.join(sorted(LOSSES))}")
     out = Path(args.out)
-    for run_dir, cmd in [] if args.report_only else commands(args.losses, args.seeds, out, extra):
+    for run_dir, cmd in [] if args.report_only else commands(args.losses, args.seeds, out, extra, per_loss):
         if (run_dir / ".hydra").is_dir() and load_run(run_dir) is not None:
             print(f"done already: {run_dir}")
             continue

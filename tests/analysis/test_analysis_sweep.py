@@ -117,13 +117,17 @@ def test_loss_report_verdicts_and_files(tmp_path):
 def test_bench_losses_synthetic_dry_run(tmp_path):
     script = Path(__file__).resolve().parents[2] / "scripts" / "bench_losses_synthetic.py"
     res = subprocess.run([sys.executable, str(script), "--losses", "eql", "ce", "--seeds", "0", "1", "--out", str(tmp_path),
-                          "--dry-run", "--", "schedule.max_iter=10"], capture_output=True, text=True)
+                          "--loss-override", "ce:trainer.clip_grad_norm=10", "--dry-run", "--", "schedule.max_iter=10"],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     lines = [l for l in res.stdout.splitlines() if "ltseg.train" in l]
     assert len(lines) == 4 and all("schedule.max_iter=10" in l for l in lines)
     assert f"loss=eql seed=1 hydra.run.dir={tmp_path}/eql/seed1" in lines[1]
-    bad = subprocess.run([sys.executable, str(script), "--losses", "nope", "--dry-run"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "available:" in bad.stderr
+    assert [("clip_grad_norm=10" in l) for l in lines] == [False, False, True, True]  # ce's runs only
+    for args, message in [(["--losses", "nope"], "available:"), (["--loss-override", "nope:a=1"], "available:"),
+                          (["--loss-override", "ce"], "expected LOSS:KEY=VALUE")]:
+        bad = subprocess.run([sys.executable, str(script), *args, "--dry-run"], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, args
 
 
 def test_bench_losses_synthetic_report_only(tmp_path):
