@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     report = Path(args.report)
     header = (
         "# Loss benchmark on the built-in dataset\n\n"
-        "`make bench-losses` (`python scripts/bench_losses_synthetic.py`): the tiny model trained with each "
+        "`make bench-losses` (`scripts/bench_losses_synthetic.py` with the Makefile's overrides): the tiny model trained with each "
         "loss, same schedule and data, seeds 0, 1, 2; `n` is the number of finished seeds of a loss. "
         + (f"{len(pending)} runs without metrics were left out." if pending else "")
     )
